@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/tp0/loteria/agency"
+	"github.com/tp0/loteria/eventserver"
+	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/persist"
+)
+
+// TestDrainOnSigterm sends SIGTERM to the server process in the middle of
+// five uploads: it must drain in order and exit 0, with every bet it
+// acknowledged on disk; restarted, it lets the agencies, which kept
+// retrying, finish, and the store equals their files.
+func TestDrainOnSigterm(t *testing.T) {
+	data := makeFaultData(t, []int{3000, 2500, 2000, 1500, 400}, 23)
+	c := newCluster(t, data)
+	c.startServer()
+	c.startAgencies()
+	c.uploading(30)
+
+	start := time.Now()
+	c.server.signal(syscall.SIGTERM)
+	code := c.server.wait(t, c.grace+20*time.Second)
+	t.Logf("server drained in %v", time.Since(start).Round(time.Millisecond))
+	if code != 0 {
+		t.Fatalf("server exited with %d after SIGTERM:\n%s", code, tail(c.server.log, 20))
+	}
+	lines := c.server.lines()
+	checkDrainOrder(t, lines)
+	if f := find(lines, "shutdown", "fail"); len(f) > 0 {
+		t.Errorf("drain did not finish within the grace: %v", f)
+	}
+
+	// Every batch the server acknowledged is on disk, as a prefix of its file.
+	betsPath := filepath.Join(c.dataDir, persist.BetsFile)
+	disk := storedByAgency(t, betsPath, -1)
+	logged := storedLogged(lines)
+	total := 0
+	for id := 1; id <= len(data.bets); id++ {
+		got, want := disk[uint32(id)], data.bets[id-1]
+		if len(got) > len(want) || !slices.Equal(got, want[:len(got)]) {
+			t.Errorf("agency %d: stored bets are not the start of its file (first difference at %d)", id, firstDiff(got, want))
+		}
+		if len(got) != logged[uint32(id)] {
+			t.Errorf("agency %d: %d bets on disk, %d acknowledged", id, len(got), logged[uint32(id)])
+		}
+		total += len(got)
+	}
+	if total >= data.total() {
+		t.Fatalf("SIGTERM came after the whole upload; the test exercised nothing")
+	}
+	closed := find(lines, "store_close", "success")
+	if len(closed) != 1 || closed[0].int("committed_bytes") != fileSize(t, betsPath) || closed[0].int("bets") != int64(total) {
+		t.Errorf("store_close %v; bets.csv has %d bytes and %d bets", closed, fileSize(t, betsPath), total)
+	}
+
+	// The agencies keep retrying while the server is down. Agency 1 is
+	// stopped instead, and must report exactly the bets that are on disk.
+	hellos := map[int]int{}
+	for id, p := range c.agencies {
+		if p.exited() {
+			t.Fatalf("%s exited while the server was down:\n%s", p.name, tail(p.log, 10))
+		}
+		hellos[id] = len(find(p.lines(), "hello", "success"))
+	}
+	first := c.agencies[1]
+	first.signal(syscall.SIGTERM)
+	if code := first.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("%s exited with %d after SIGTERM", first.name, code)
+	}
+	stopped := find(first.lines(), "shutdown", "success")
+	if len(stopped) != 1 || stopped[0].int("bets_acknowledged") != int64(len(disk[1])) {
+		t.Errorf("%s: shutdown lines %v; %d of its bets are on disk", first.name, stopped, len(disk[1]))
+	}
+
+	c.startServer()
+	if opens := find(c.server.lines(), "store_open", "success"); len(opens) != 1 || opens[0].int("bets") != int64(total) {
+		t.Errorf("after the restart store_open %v, want %d bets", opens, total)
+	}
+	if cuts := find(c.server.lines(), "store_recover", ""); len(cuts) > 0 {
+		t.Errorf("a clean drain left something to recover: %v", cuts)
+	}
+	c.startAgency(1)
+	hellos[1] = 0
+	c.finishAgencies()
+	for id := 1; id <= len(data.bets); id++ {
+		p := c.agencies[id]
+		h := find(p.lines(), "hello", "success")
+		if len(h) <= hellos[id] {
+			t.Errorf("%s: no hello after the restart", p.name)
+			continue
+		}
+		if held := h[hellos[id]].int("held"); held != int64(len(disk[uint32(id)])) {
+			t.Errorf("%s: resumed from WELCOME held %d, the drain left %d bets on disk", p.name, held, len(disk[uint32(id)]))
+		}
+	}
+	c.stopServer()
+	c.checkStore()
+}
+
+// checkDrainOrder checks that the server logged the drain steps in order:
+// stop accepting, finish in-flight batches (when there were connections),
+// close each connection, stop the engine, then flush, sync and close the
+// store.
+func checkDrainOrder(t *testing.T, lines []logLine) {
+	t.Helper()
+	pos := -1
+	next := func(step string, match func(logLine) bool) {
+		t.Helper()
+		for i := pos + 1; i < len(lines); i++ {
+			if match(lines[i]) {
+				pos = i
+				return
+			}
+		}
+		t.Fatalf("drain step %q missing or out of order; steps logged:\n%s", step, drainSteps(lines))
+	}
+	is := func(action, result string, kv ...string) func(logLine) bool {
+		return func(l logLine) bool { return l.is(action, result, kv...) }
+	}
+	file := func(action, name string) func(logLine) bool {
+		return func(l logLine) bool {
+			return l.is(action, "success") && filepath.Base(l.fields["file"]) == name
+		}
+	}
+	next("stop accepting", is("shutdown", "in_progress", "step", "stop_accepting"))
+	stop := pos
+	conns := lines[stop].int("connections")
+	if conns > 0 {
+		next("finish in-flight", is("shutdown", "in_progress", "step", "finish_in_flight"))
+	}
+	next("engine stop", is("engine_stop", "success"))
+	closed, refused := 0, 0
+	for _, l := range lines[stop:pos] {
+		if l.is("connection_closed", "") {
+			closed++
+		}
+		if l.is("session_error", "fail", "code", frame.CodeShuttingDown.String()) {
+			refused++
+		}
+	}
+	if closed < int(conns) {
+		t.Errorf("%d connections open at the drain, %d connection_closed lines before engine_stop", conns, closed)
+	}
+	if conns > 0 && refused == 0 {
+		t.Errorf("no session was told ERROR shutting_down")
+	}
+	next("store drain", is("store_drain", "in_progress"))
+	next("store drained", is("store_drain", "success"))
+	next("sync bets.csv", file("file_sync", persist.BetsFile))
+	next("close bets.csv", file("file_close", persist.BetsFile))
+	next("sync journal", file("file_sync", persist.JournalFile))
+	next("close journal", file("file_close", persist.JournalFile))
+	next("store close", is("store_close", "success"))
+	next("shutdown done", is("shutdown", "success"))
+	next("exit", is("server_exit", "success"))
+	t.Logf("drain: %d connections at stop_accepting, %d connection_closed lines, %d told shutting_down", conns, closed, refused)
+}
+
+func drainSteps(lines []logLine) string {
+	var b strings.Builder
+	for _, l := range lines {
+		switch l.action {
+		case "apuesta_recibida", "hello", "config", "listen", "store_open":
+			continue
+		}
+		b.WriteString("  " + l.action + " " + l.result + " " + l.fields["step"] + l.fields["file"] + "\n")
+	}
+	return b.String()
+}
+
+// TestInProcessDrainResumeNoLeak runs agency.Run and the server in this
+// process: the server is drained mid-upload and started again on the same
+// address and data, one agency's upload is cancelled (as if the process
+// died) and run again, and afterwards no goroutine of either is left.
+func TestInProcessDrainResumeNoLeak(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	data := makeFaultData(t, []int{1200, 900, 300}, 24)
+	addr, dir := pickPort(t), t.TempDir()
+
+	srv, stop := serveInProcess(t, addr, dir, len(data.bets))
+	cfg := func(id int) agency.Config {
+		return agency.Config{
+			Agency: uint32(id), Server: addr, BatchMaxAmount: 5, Wait: agency.WaitHold,
+			RetryBase: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+			GiveUp: 30 * time.Second, Logger: zap.NewNop(),
+			// gnet can accept a connection while its loops stop and then never
+			// serve nor close it; a short timeout lets the agency move on.
+			IOTimeout: 3 * time.Second,
+		}
+	}
+	type outcome struct {
+		res agency.Result
+		err error
+	}
+	// start runs agency id's upload from its file, as the agency binary does.
+	start := func(ctx context.Context, id int) <-chan outcome {
+		out := make(chan outcome, 1)
+		go func() {
+			src, err := agency.OpenFile(data.file(id))
+			if err != nil {
+				out <- outcome{err: err}
+				return
+			}
+			defer src.Close()
+			res, err := agency.Run(ctx, cfg(id), src)
+			out <- outcome{res, err}
+		}()
+		return out
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	killCtx, kill := context.WithCancel(ctx)
+	runs := make([]<-chan outcome, len(data.bets)+1)
+	runs[1] = start(killCtx, 1)
+	for id := 2; id <= len(data.bets); id++ {
+		runs[id] = start(ctx, id)
+	}
+
+	waitFor(t, 30*time.Second, "agency 1 to store some bets", func() bool {
+		held, _ := srv.Hub().Status(1)
+		return held > 0
+	})
+	kill()
+	killed := <-runs[1]
+	if !errors.Is(killed.err, context.Canceled) {
+		t.Fatalf("cancelled upload returned %v, want context.Canceled", killed.err)
+	}
+	held, _ := srv.Hub().Status(1)
+	if killed.res.Bets > held {
+		t.Fatalf("agency 1 counted %d bets acknowledged, server holds %d", killed.res.Bets, held)
+	}
+	runs[1] = start(ctx, 1)
+
+	if err := stop(); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	_, stop = serveInProcess(t, addr, dir, len(data.bets))
+	for id := 1; id <= len(data.bets); id++ {
+		r := <-runs[id]
+		if r.err != nil {
+			t.Fatalf("agency %d: %v", id, r.err)
+		}
+		if r.res.Bets != uint64(len(data.bets[id-1])) || len(r.res.Winners) != data.winners(id) {
+			t.Errorf("agency %d: %d bets and %d winners, want %d and %d", id, r.res.Bets, len(r.res.Winners),
+				len(data.bets[id-1]), data.winners(id))
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("final drain: %v", err)
+	}
+	got := storedByAgency(t, filepath.Join(dir, persist.BetsFile), -1)
+	for id := 1; id <= len(data.bets); id++ {
+		if !slices.Equal(got[uint32(id)], data.bets[id-1]) {
+			t.Errorf("store holds %d bets of agency %d, want its %d in order", len(got[uint32(id)]), id, len(data.bets[id-1]))
+		}
+	}
+}
+
+// serveInProcess runs an eventserver.Server until stop is called (or the
+// test ends); stop returns Serve's result.
+func serveInProcess(t *testing.T, addr, dir string, agencies int) (*eventserver.Server, func() error) {
+	t.Helper()
+	srv, err := eventserver.New(eventserver.Config{
+		Listen: addr, Agencies: agencies, DataDir: dir, WinningNumber: faultWinning,
+		ReadTimeout: 10 * time.Second, ShutdownGrace: 10 * time.Second, RetryAfter: 50 * time.Millisecond,
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("server on %s did not start: %v", addr, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not start within 20s")
+	}
+	var once sync.Once
+	var result error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case result = <-done:
+			case <-time.After(40 * time.Second):
+				result = errors.New("server did not stop within 40s")
+			}
+		})
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return srv, stop
+}
