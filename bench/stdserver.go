@@ -40,33 +40,8 @@ type StdServer struct {
 // NewStdServer opens (and recovers) the store in cfg.DataDir. Zero fields of
 // cfg take the eventserver defaults.
 func NewStdServer(cfg eventserver.Config) (*StdServer, error) {
-	if cfg.Listen == "" {
-		cfg.Listen = eventserver.DefaultListen
-	}
-	if cfg.ReadTimeout <= 0 {
-		cfg.ReadTimeout = eventserver.DefaultReadTimeout
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = eventserver.DefaultMaxConns
-	}
-	if cfg.MaxFrame <= 0 || cfg.MaxFrame > frame.MaxSize {
-		cfg.MaxFrame = frame.MaxSize
-	}
-	if cfg.ShutdownGrace <= 0 {
-		cfg.ShutdownGrace = eventserver.DefaultShutdownGrace
-	}
-	if cfg.RetryAfter <= 0 {
-		cfg.RetryAfter = eventserver.DefaultRetryAfter
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	store, err := persist.Open(cfg.DataDir, persist.Options{
-		Agencies:      cfg.Agencies,
-		WinningNumber: cfg.WinningNumber,
-		QueueSize:     cfg.MaxConns + 64, // as the gnet server: one request in flight per connection
-		Logger:        cfg.Logger,
-	})
+	cfg = cfg.WithDefaults()
+	store, err := eventserver.OpenStore(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -25,9 +25,13 @@ COMPOSE_CMD = $(COMPOSE) -p $(PROJECT) -f $(COMPOSE_YAML) --project-directory $(
 .PHONY: docker-image docker-compose-check docker-compose-file docker-compose-data docker-compose-up docker-compose-down \
 	docker-compose-logs docker-compose-restart e2e
 
+# Each rebuild with new binaries leaves the previous image untagged; those
+# (and only those: dangling, with our title label) are pruned.
 docker-image: build ## server and agency images (FROM scratch, from bin/)
 	$(DOCKER) build -f eventserver/Dockerfile -t $(SERVER_IMAGE) .
 	$(DOCKER) build -f agency/Dockerfile -t $(AGENCY_IMAGE) .
+	@$(DOCKER) image prune -f --filter label=org.opencontainers.image.title=loteria-eventserver >/dev/null
+	@$(DOCKER) image prune -f --filter label=org.opencontainers.image.title=loteria-agency >/dev/null
 
 # Fails early, with the fix, when no Compose is installed.
 docker-compose-check:

@@ -18,6 +18,10 @@
 # Containers, network and volume are removed on every exit; the logs are
 # kept in a temporary directory when something failed.
 #
+# Also checks that both images are under 20 MB and run as 65534:65534.
+# The container names and the subnet are fixed by the Compose file: another
+# stack holding them stops the run, except under CI=true, where it is removed.
+#
 # Environment: MAKE, DOCKER, COMPOSE (set by make), E2E_PROJECT, E2E_TIMEOUT,
 # CI (when "true", a missing Docker daemon is reported as a CI failure).
 set -uo pipefail
@@ -75,9 +79,9 @@ if [[ -z $compose_bin ]]; then
 	fi
 fi
 read -r -a compose_words <<<"$compose_bin"
-# compose runs in the background and is waited for: an interrupt then stops
-# the script at once (bash would let a child that handles SIGINT swallow it),
-# and cleanup ends the child before tearing the project down.
+# compose runs in the background and is waited for, so an interrupt is acted
+# on at once (bash runs a trap only after a foreground command ends, and a
+# stop may take 10 s); cleanup ends the child before tearing the project down.
 child=""
 compose() {
 	"${compose_words[@]}" -p "$project" -f "$compose_file" --project-directory "$root" "$@" &
@@ -90,8 +94,14 @@ compose() {
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/loteria-e2e.XXXXXX")
 cleaned=0
+interrupted=0
+# The script's own stdout and stderr, for cleanup: a signal may arrive while
+# a command's output goes to a log file, and the traps run inside that.
+exec 3>&1 4>&2
 cleanup() {
 	local status=$?
+	exec 1>&3 2>&4
+	[[ $interrupted == 0 ]] || fail "e2e interrupted"
 	if [[ -n $child ]]; then
 		kill -TERM "$child" 2>/dev/null
 		wait "$child" 2>/dev/null
@@ -114,19 +124,31 @@ save_logs() {
 	done
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'interrupted=1; exit 130' INT TERM
 
 # --- Nothing else may hold our container names or subnet ----------------------
 
 # The Compose file fixes container names (server, clientI) and the subnet, so
 # a stack of another project (e.g. a user's make docker-compose-up) clashes.
+# A user is told to stop it; under CI=true, where nobody is using it, the
+# leftover is removed.
+clash() { # clash <what> <message> <command to remove it...>
+	local what=$1 msg=$2
+	shift 2
+	if [[ ${CI:-} == true ]]; then
+		echo "e2e: CI=true: removing $what, left over by another run"
+		"$@" >/dev/null 2>&1 || abort "could not remove $what: $msg"
+		return
+	fi
+	cleaned=1 # not ours: leave it alone
+	abort "$msg"
+}
 names=(server $(seq -f 'client%g' 1 "$agencies"))
 for c in "${names[@]}"; do
 	owner=$("$docker" inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' "$c" 2>/dev/null) || continue
 	if [[ $owner != "$project" ]]; then
-		cleaned=1 # not ours: leave it alone
-		abort "a container named $c already exists (project '${owner:-none}'); stop that stack first" \
-			"(make docker-compose-down PROJECT=${owner:-...}) or remove the container"
+		clash "container $c" "a container named $c already exists (project '${owner:-none}'); stop that stack first \
+(make docker-compose-down PROJECT=${owner:-...}) or remove the container" "$docker" rm -f "$c"
 	fi
 done
 subnet=$(sed -n 's/^ *- subnet: *//p' "$compose_file")
@@ -134,8 +156,8 @@ for net in $("$docker" network ls -q); do
 	line=$("$docker" network inspect -f '{{.Name}} {{range .IPAM.Config}}{{.Subnet}} {{end}}' "$net" 2>/dev/null) || continue
 	name=${line%% *}
 	if [[ $name != "${project}_lottery_net" && " $line " == *" $subnet "* ]]; then
-		cleaned=1
-		abort "network $name already uses subnet $subnet; stop its stack first (make docker-compose-down)"
+		clash "network $name" "network $name already uses subnet $subnet; stop its stack first (make docker-compose-down)" \
+			"$docker" network rm "$name"
 	fi
 done
 
@@ -308,5 +330,6 @@ else
 	fail "validar-echo-server.sh without the network: exit $rc, '$out'"
 fi
 
-echo "e2e: $passed passed, $failed failed, $(($(date +%s) - started))s"
+echo "e2e: took $(($(date +%s) - started))s"
+echo "e2e: $passed passed, $failed failed"
 [[ $failed == 0 ]]

@@ -44,11 +44,17 @@ func readDockerfile(t *testing.T, path string) dockerfile {
 	}
 	d := dockerfile{copies: map[string]string{}}
 	sc := bufio.NewScanner(bytes.NewReader(data))
+	var pending string // an instruction continued with a trailing backslash
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
+		if cont, ok := strings.CutSuffix(line, "\\"); ok {
+			pending += cont + " "
+			continue
+		}
+		line, pending = pending+line, ""
 		fields := strings.Fields(line)
 		instr := strings.ToUpper(fields[0])
 		d.instrs = append(d.instrs, instr)

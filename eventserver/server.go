@@ -51,30 +51,6 @@ type Config struct {
 	Logger        *zap.Logger
 }
 
-func (c *Config) setDefaults() {
-	if c.Listen == "" {
-		c.Listen = DefaultListen
-	}
-	if c.ReadTimeout <= 0 {
-		c.ReadTimeout = DefaultReadTimeout
-	}
-	if c.MaxConns <= 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.MaxFrame <= 0 || c.MaxFrame > frame.MaxSize {
-		c.MaxFrame = frame.MaxSize
-	}
-	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = DefaultShutdownGrace
-	}
-	if c.RetryAfter <= 0 {
-		c.RetryAfter = DefaultRetryAfter
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-}
-
 // Server is the gnet event server. Create it with New and run it with Serve.
 type Server struct {
 	gnet.BuiltinEventEngine
@@ -97,13 +73,8 @@ type Server struct {
 
 // New opens (and recovers) the store in cfg.DataDir.
 func New(cfg Config) (*Server, error) {
-	cfg.setDefaults()
-	store, err := persist.Open(cfg.DataDir, persist.Options{
-		Agencies:      cfg.Agencies,
-		WinningNumber: cfg.WinningNumber,
-		QueueSize:     cfg.MaxConns + 64, // one request in flight per connection: Submit never finds it full
-		Logger:        cfg.Logger,
-	})
+	cfg = cfg.WithDefaults()
+	store, err := OpenStore(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +275,12 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	if err != nil && !errors.Is(err, io.EOF) {
 		fields = append(fields, zap.Error(err))
 	}
-	s.log.Info("connection_closed", fields...)
+	if cs.sess.Agency() == 0 && !dropped {
+		// Never said HELLO: a health check's PING, say; not worth an INFO line each second.
+		s.log.Debug("connection_closed", fields...)
+	} else {
+		s.log.Info("connection_closed", fields...)
+	}
 	if s.conns.Add(-1) == 0 && s.draining.Load() {
 		select {
 		case s.idle <- struct{}{}:

@@ -13,10 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,12 +22,11 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/config"
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/internal/shutdown"
 )
 
 func main() {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, sigs))
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, shutdown.Notify()))
 }
 
 // singleBetEnv are the variables of single-bet mode, in the order of the bet's fields.
@@ -56,19 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 	}
 	log := st.log
 	defer log.Sync()
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := shutdown.OnSignal(ctx, sigs, log, zap.Uint32("agency", st.cfg.Agency))
 	defer cancel()
-	var signalled atomic.Value
-	go func() {
-		select {
-		case sig := <-sigs:
-			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
-			signalled.Store(sig.String())
-			log.Info("signal", logging.Success, zap.String("signal", sig.String()), zap.Uint32("agency", st.cfg.Agency))
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 
 	var src agency.Source
 	if st.single != nil {
@@ -91,8 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 		}
 	}
 	if ctx.Err() != nil {
-		name, _ := signalled.Load().(string)
-		log.Info("shutdown", logging.Success, zap.String("signal", name), zap.Uint32("agency", st.cfg.Agency),
+		log.Info("shutdown", logging.Success, zap.String("signal", shutdown.SignalName(ctx)), zap.Uint32("agency", st.cfg.Agency),
 			zap.Uint64("bets_acknowledged", res.Bets))
 		return 0
 	}
