@@ -30,7 +30,7 @@ const (
 	DefaultRetryMax       = 5 * time.Second
 	DefaultGiveUp         = 2 * time.Minute
 	DefaultIOTimeout      = 30 * time.Second
-	ProgressInterval      = 2 * time.Second
+	DefaultProgress       = 2 * time.Second
 )
 
 // Errors of an upload; match them with errors.Is or errors.As.
@@ -73,6 +73,7 @@ type Config struct {
 	GiveUp         time.Duration // longest stretch of failed attempts before giving up
 	IOTimeout      time.Duration // dial timeout and longest wait for an ACK
 	LogEachBet     bool          // log apuesta_enviada for every acknowledged bet
+	Progress       time.Duration // at most this often an upload in_progress line
 	Logger         *zap.Logger
 	// Dial opens connections; nil means a TCP dialer with IOTimeout.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
@@ -99,6 +100,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IOTimeout <= 0 {
 		c.IOTimeout = DefaultIOTimeout
+	}
+	if c.Progress <= 0 {
+		c.Progress = DefaultProgress
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -367,7 +371,7 @@ func (c *client) reportProgress(done bool) {
 		c.log.Info("upload", logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.total))
 		return
 	}
-	if now := time.Now(); now.Sub(c.lastProgress) >= ProgressInterval {
+	if now := time.Now(); now.Sub(c.lastProgress) >= c.cfg.Progress {
 		if !c.lastProgress.IsZero() {
 			c.log.Info("upload", logging.InProgress, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.acked),
 				zap.String("percent", fmt.Sprintf("%.1f", 100*c.src.Progress())))

@@ -9,6 +9,7 @@ import (
 	"net"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1021,4 +1022,37 @@ func TestRejectErrorMessage(t *testing.T) {
 	if got, want := e.Error(), "batch rejected (invalid_bet) at bet 7: bad"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
+}
+
+// The in_progress line reports acknowledged bets and the share of the file
+// read, growing, and never more often than Config.Progress allows.
+func TestRunProgressLines(t *testing.T) {
+	noLeaks(t)
+	s := newFakeServer(t)
+	s.start()
+	bets := testBets(250, 10)
+	cfg, log := testConfig(t, s)
+	cfg.Progress = time.Nanosecond
+	if o := run(t, cfg, fileSource(t, bets)); o.err != nil {
+		t.Fatalf("Run: %v", o.err)
+	}
+	re := regexp.MustCompile(`action: upload \| result: in_progress \| agency: 1 \| bets: (\d+) \| percent: (\d+\.\d)`)
+	matches := re.FindAllStringSubmatch(log.String(), -1)
+	// The first ACK only starts the clock; the next two are reported.
+	if len(matches) != 2 {
+		t.Fatalf("%d in_progress lines, want 2:\n%s", len(matches), log.String())
+	}
+	prevBets, prevPct := 0, 0.0
+	for i, m := range matches {
+		n, _ := strconv.Atoi(m[1])
+		pct, _ := strconv.ParseFloat(m[2], 64)
+		if n <= prevBets || pct < prevPct || pct > 100 {
+			t.Errorf("line %d: bets %d percent %.1f after bets %d percent %.1f", i, n, pct, prevBets, prevPct)
+		}
+		prevBets, prevPct = n, pct
+	}
+	if prevBets != 250 {
+		t.Errorf("last in_progress line says %d bets, want 250", prevBets)
+	}
+
 }
