@@ -246,12 +246,7 @@ func retryable(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed) || isConnErr(err)
-}
-
-func isConnErr(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op)
+		errors.Is(err, net.ErrClosed)
 }
 
 // session runs one connection: handshake, upload what is missing, FINISHED,
@@ -334,9 +329,14 @@ func (c *client) upload(s *wire, held uint64) error {
 			c.progressed = true
 			c.reportProgress(false)
 		case *frame.Reject:
-			c.log.Error("apuesta_enviada", logging.Fail, zap.Int("cantidad", len(c.pending)),
+			err := &RejectError{Reject: *r}
+			level := zap.ErrorLevel
+			if retryable(err) {
+				level = zap.WarnLevel // the reconnect resynchronises
+			}
+			c.log.Log(level, "apuesta_enviada", logging.Fail, zap.Int("cantidad", len(c.pending)),
 				zap.Stringer("code", r.Code), zap.Uint64("index", r.Index), zap.String("reason", r.Reason))
-			return &RejectError{Reject: *r}
+			return err
 		default:
 			return fmt.Errorf("%w: %s in answer to BETS", ErrProtocol, reply.Type())
 		}
@@ -425,11 +425,9 @@ func (c *client) awaitWinners(ctx context.Context, s *wire, reply frame.Frame) e
 
 // wire is one connection's framed request/response exchange.
 type wire struct {
-	ctx  context.Context // cancelled: a deadline set after the cancel must not outlive it
-	conn net.Conn
-	r    interface {
-		frame.Source
-	}
+	ctx     context.Context // cancelled: a deadline set after the cancel must not outlive it
+	conn    net.Conn
+	r       frame.Source
 	dec     frame.Decoder
 	timeout time.Duration
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
 )
 
@@ -418,7 +419,7 @@ func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if err := ping(addr); err == nil {
+		if err := eventserver.Ping(addr, 2*time.Second); err == nil {
 			return s, nil
 		} else if time.Now().After(deadline) {
 			s.kill()
@@ -436,27 +437,6 @@ func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir
 }
 
 // ping checks that a server at addr answers PING with the same PONG.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	payload := []byte("bench")
-	if err := frame.Write(c, &frame.Ping{Payload: payload}); err != nil {
-		return err
-	}
-	var dec frame.Decoder
-	f, err := dec.Next(frame.NewReader(c))
-	if err != nil {
-		return err
-	}
-	if p, ok := f.(*frame.Pong); !ok || !bytes.Equal(p.Payload, payload) {
-		return fmt.Errorf("%w: PING answered with %s", ErrBrokenRun, f.Type())
-	}
-	return nil
-}
 
 // freePort asks the kernel for a loopback port nobody listens on.
 func freePort() (int, error) {

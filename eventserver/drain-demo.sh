@@ -121,8 +121,14 @@ status=0
 wait "$server_pid" || status=$?
 server_pid=""
 [ "$status" -eq 0 ] || fail "the restarted server exited with status $status"
-if bin/verify --store "$work/store/bets.csv" --agency-files "$work/files/agency-%d.csv" --agencies "$agencies" | show; then
-  printf '\nPASS: drained with exit 0, nothing acknowledged was lost, every bet stored exactly once, winners right\n'
-else
-  fail "the store differs from the agency files"
-fi
+bin/verify --store "$work/store/bets.csv" --agency-files "$work/files/agency-%d.csv" --agencies "$agencies" \
+  >"$work/verify.log" || { show <"$work/verify.log"; fail "the store differs from the agency files"; }
+show <"$work/verify.log"
+# Each agency must have received as many winners as its own file holds winning bets.
+for i in $(seq 1 "$agencies"); do
+  want=$(sed -n "s/.*action: verify | result: success | agency: $i | .*cant_ganadores: \([0-9]*\).*/\1/p" "$work/verify.log")
+  got=$(sed -n 's/.*action: consulta_ganadores | result: success | .*cant_ganadores: \([0-9]*\).*/\1/p' "$work/agency-$i.log")
+  [ -n "$want" ] && [ "$got" = "$want" ] || fail "agency $i received $got winners, its file holds $want"
+done
+printf '\nPASS: drained with exit 0, nothing acknowledged was lost, every bet stored exactly once, winners right\n'
+

@@ -67,8 +67,6 @@ type Server struct {
 	conns    atomic.Int64
 	idle     chan struct{} // signalled when the last connection closes while draining
 
-	mu    sync.Mutex
-	track map[*conn]struct{} // for the read-timeout sweep
 }
 
 // New opens (and recovers) the store in cfg.DataDir.
@@ -85,7 +83,6 @@ func New(cfg Config) (*Server, error) {
 		hub:   NewHub(store, cfg.Logger),
 		ready: make(chan struct{}),
 		idle:  make(chan struct{}, 1),
-		track: map[*conn]struct{}{},
 	}, nil
 }
 
@@ -123,14 +120,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	case <-s.ready:
 	}
-	var engineErr error
 	select {
 	case <-ctx.Done():
-	case engineErr = <-errc:
-		s.log.Error("engine", logging.Fail, zap.Error(engineErr))
-		errc <- engineErr
+		return s.shutdown(errc)
+	case err := <-errc:
+		// The engine stopped by itself, its connections with it: only the store is left.
+		if err == nil {
+			err = errors.New("stopped without being asked")
+		}
+		s.log.Error("engine", logging.Fail, zap.Error(err))
+		return errors.Join(fmt.Errorf("engine: %w", err), s.closeStore(nil))
 	}
-	return errors.Join(engineErr, s.shutdown(errc))
 }
 
 func (s *Server) shutdown(errc chan error) error {
@@ -166,6 +166,12 @@ func (s *Server) shutdown(errc chan error) error {
 		}
 		s.log.Info("engine_stop", logging.Success)
 	}
+	return s.closeStore(errs)
+}
+
+// closeStore ends the draw and the store, after which nothing is left
+// running, and logs how the shutdown went given the earlier errs.
+func (s *Server) closeStore(errs []error) error {
 	s.hub.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
@@ -236,9 +242,6 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c.SetContext(cs)
 	cs.arm(time.Now())
-	s.mu.Lock()
-	s.track[cs] = struct{}{}
-	s.mu.Unlock()
 	s.hub.Join(cs)
 	if s.draining.Load() {
 		cs.Deliver(ShuttingDown{}) // the drain's broadcast may have missed this connection
@@ -256,9 +259,6 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 		return gnet.None // refused in OnOpen
 	}
 	cs.closed.Store(true)
-	s.mu.Lock()
-	delete(s.track, cs)
-	s.mu.Unlock()
 	s.hub.Leave(cs, cs.sess.Agency())
 	// A peer that leaves mid-frame loses those bytes: say so with a fail line.
 	unread := c.InboundBuffered()
@@ -334,16 +334,10 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // OnTick sweeps for connections whose read deadline has passed.
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	now := time.Now()
-	var late []*conn
-	s.mu.Lock()
-	for cs := range s.track {
-		if cs.expired(now) && !cs.timeoutQueued.Swap(true) {
-			late = append(late, cs)
+	for _, p := range s.hub.Peers() {
+		if cs, ok := p.(*conn); ok && cs.expired(now) {
+			cs.Deliver(TimedOut{}) // the loop checks the deadline again before acting
 		}
-	}
-	s.mu.Unlock()
-	for _, cs := range late {
-		cs.Deliver(TimedOut{})
 	}
 	tick := s.cfg.ReadTimeout / 4
 	if tick > time.Second {
@@ -365,9 +359,8 @@ type conn struct {
 	mu      sync.Mutex
 	mailbox []Event
 
-	deadline      atomic.Int64 // unix nanoseconds; 0 when no frame is awaited
-	timeoutQueued atomic.Bool
-	closed        atomic.Bool
+	deadline atomic.Int64 // unix nanoseconds; 0 when no frame is awaited
+	closed   atomic.Bool
 }
 
 // Deliver queues ev for the session and wakes the connection's event loop,
@@ -405,7 +398,6 @@ func (cs *conn) do(out Output) bool {
 
 func (cs *conn) arm(now time.Time) {
 	cs.deadline.Store(now.Add(cs.srv.cfg.ReadTimeout).UnixNano())
-	cs.timeoutQueued.Store(false)
 }
 
 func (cs *conn) armIfIdle(now time.Time) {

@@ -167,8 +167,9 @@ func (s *Session) receive(f frame.Frame, err error) Output {
 				Code: frame.CodeInvalidBet, Index: bets.First + uint64(fe.Bet), Reason: err.Error(),
 			}}}
 		}
-		if f != nil && s.state == AwaitingHello {
-			return s.fail(frame.CodeUnexpected, f.Type().String()+" before HELLO")
+		if f != nil {
+			// A BETS with a bad bet where no BETS is allowed: the state is the problem.
+			return s.fail(frame.CodeUnexpected, fmt.Sprintf("%s not allowed while %s", f.Type(), s.state))
 		}
 		return s.fail(decodeCode(err), err.Error())
 	}
@@ -236,6 +237,12 @@ func (s *Session) stored(r persist.Result) Output {
 		out = s.finished(r)
 	} else {
 		out = s.batchStored(req, r)
+	}
+	if s.subscribed && !out.Close && s.state != WinnersSent {
+		if _, drawn := s.view.Winners(s.agency); drawn {
+			// The draw's push came while this request was in flight.
+			out.Send = append(out.Send, s.winnersOrNotReady().Send...)
+		}
 	}
 	if s.draining && !out.Close {
 		closing := s.fail(frame.CodeShuttingDown, "server is shutting down; retry later")

@@ -20,13 +20,12 @@ const MinDate Date = 19000101
 
 // Sentinel causes carried by a *FieldError; match them with errors.Is.
 var (
-	ErrEmpty    = errors.New("is empty")
-	ErrTooLong  = errors.New("is too long")
-	ErrUTF8     = errors.New("is not valid UTF-8")
-	ErrDigits   = errors.New("is not 1-10 decimal digits")
-	ErrDate     = errors.New("is not a calendar date from 1900-01-01 to today")
-	ErrNumber   = errors.New("is not a number from 0 to 9999")
-	ErrTrailing = errors.New("has trailing bytes")
+	ErrEmpty   = errors.New("is empty")
+	ErrTooLong = errors.New("is too long")
+	ErrUTF8    = errors.New("is not valid UTF-8")
+	ErrDigits  = errors.New("is not 1-10 decimal digits")
+	ErrDate    = errors.New("is not a calendar date from 1900-01-01 to today")
+	ErrNumber  = errors.New("is not a number from 0 to 9999")
 )
 
 // FieldError reports which field of which bet is invalid and why.

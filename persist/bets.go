@@ -193,7 +193,11 @@ func (r *rowReader) split(row []byte) error {
 }
 
 // LoadBetsFile streams the bets of the file at path.
-func LoadBetsFile(path string) iter.Seq2[Bet, error] {
+func LoadBetsFile(path string) iter.Seq2[Bet, error] { return loadFile(path, -1) }
+
+// loadFile streams the bets in the first limit bytes of path (all of it
+// when limit < 0).
+func loadFile(path string, limit int64) iter.Seq2[Bet, error] {
 	return func(yield func(Bet, error) bool) {
 		f, err := os.Open(path)
 		if err != nil {
@@ -201,7 +205,11 @@ func LoadBetsFile(path string) iter.Seq2[Bet, error] {
 			return
 		}
 		defer f.Close()
-		for b, err := range LoadBets(f) {
+		var r io.Reader = f
+		if limit >= 0 {
+			r = io.LimitReader(f, limit)
+		}
+		for b, err := range LoadBets(r) {
 			if !yield(b, err) {
 				return
 			}

@@ -191,22 +191,10 @@ func (s *Store) Submit(r *Request) error {
 
 // Bets streams every committed bet, in the order stored.
 func (s *Store) Bets() iter.Seq2[Bet, error] {
-	return func(yield func(Bet, error) bool) {
-		s.mu.RLock()
-		size := s.committed
-		s.mu.RUnlock()
-		f, err := os.Open(filepath.Join(s.dir, BetsFile))
-		if err != nil {
-			yield(Bet{}, fmt.Errorf("open bets: %w", err))
-			return
-		}
-		defer f.Close()
-		for b, err := range LoadBets(io.LimitReader(f, size)) {
-			if !yield(b, err) {
-				return
-			}
-		}
-	}
+	s.mu.RLock()
+	size := s.committed
+	s.mu.RUnlock()
+	return loadFile(filepath.Join(s.dir, BetsFile), size)
 }
 
 // Close stops taking requests, lets the writer commit everything queued,
@@ -224,7 +212,8 @@ func (s *Store) Close() error {
 	s.log.Info("store_drain", logging.InProgress, zap.Int("queued_requests", queued))
 	<-s.done
 	s.log.Info("store_drain", logging.Success)
-	err := s.closeFiles()
+	// A store broken by a failed write says so even if its files close fine.
+	err := errors.Join(s.broken, s.closeFiles())
 	if err != nil {
 		s.log.Error("store_close", logging.Fail, zap.Error(err))
 		return err
@@ -328,7 +317,7 @@ func (s *Store) commit(group []*Request) {
 		s.log.Error("store_commit", logging.Fail, zap.Int("requests", len(group)), zap.Error(err))
 		for i := range results {
 			if results[i].Err == nil {
-				results[i] = Result{Err: err}
+				results[i] = Result{Err: s.broken}
 			}
 		}
 	} else if ce := s.log.Check(zap.DebugLevel, "store_commit"); ce != nil {

@@ -92,15 +92,23 @@ func (d decimal) Set(v string) error {
 	if strings.HasPrefix(d.Type(), "uint") {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return err
+			return errNotDecimal(err, "a whole number of 0 or more")
 		}
 		return d.Value.Set(strconv.FormatUint(n, 10))
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		return err
+		return errNotDecimal(err, "a whole number")
 	}
 	return d.Value.Set(strconv.FormatInt(n, 10))
+}
+
+// errNotDecimal says in words what strconv's error says in code.
+func errNotDecimal(err error, want string) error {
+	if errors.Is(err, strconv.ErrRange) {
+		return fmt.Errorf("out of range: %w", strconv.ErrRange)
+	}
+	return errors.New("must be " + want + " in decimal")
 }
 
 // Load parses args, then gives every bound flag not on the command line its

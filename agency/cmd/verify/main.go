@@ -100,7 +100,7 @@ func compare(path string, stored []frame.Bet, winning uint16) (int, error) {
 		if stored[i] != want {
 			return 0, fmt.Errorf("bet %d differs: stored %+v, file %+v", i, stored[i], want)
 		}
-		if want.Number == winning {
+		if persist.HasWon(persist.Bet{Bet: want}, winning) {
 			winners++
 		}
 	}

@@ -7,18 +7,14 @@
 package main
 
 import (
-	"bytes"
-	"crypto/rand"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/internal/logging"
 )
 
@@ -40,40 +36,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *quiet {
 		log = zap.NewNop()
 	}
-	if err := probe(*server, *timeout); err != nil {
+	if err := eventserver.Ping(*server, *timeout); err != nil {
 		log.Error("test_echo_server", logging.Fail, zap.String("server", *server), zap.Error(err))
 		return 1
 	}
 	log.Info("test_echo_server", logging.Success, zap.String("server", *server))
 	return 0
-}
-
-func probe(server string, timeout time.Duration) error {
-	conn, err := net.DialTimeout("tcp", server, timeout)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	payload := make([]byte, 16)
-	rand.Read(payload)
-	if err := frame.Write(conn, &frame.Ping{Payload: payload}); err != nil {
-		return fmt.Errorf("send PING: %w", err)
-	}
-	var dec frame.Decoder
-	f, err := dec.Next(frame.NewReader(conn))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	switch f := f.(type) {
-	case *frame.Pong:
-		if !bytes.Equal(f.Payload, payload) {
-			return fmt.Errorf("PONG carries %x, PING sent %x", f.Payload, payload)
-		}
-		return nil
-	case *frame.Error:
-		return fmt.Errorf("server answered ERROR %s: %s", f.Code, f.Reason)
-	default:
-		return fmt.Errorf("server answered %s instead of PONG", f.Type())
-	}
 }
