@@ -837,3 +837,27 @@ func TestSessionUnknownEvent(t *testing.T) {
 type strangeEvent struct{}
 
 func (strangeEvent) event() {}
+
+// Found in review: a push must not be lost to a request in flight, and an
+// invalid BETS where no BETS is allowed is a state error, not a bad frame.
+func TestSessionReviewFixes(t *testing.T) {
+	runScript(t, newFakeView(5), `
+		hello 2               => register=2 WELCOME(held=0,finished=false) ; uploading
+		bets 0 3              => request=bets(a=2,0+3) ; uploading busy
+		stored 3 3            => ACK(0+3) ; uploading
+		view count 4
+		query                 => NOT_READY(4/5,retry=1s) ; uploading
+
+		# a replay is in flight when the draw is pushed: the push waits for its answer
+		bets 0 3              => request=bets(a=2,0+3) ; uploading busy
+		view count 5
+		view winners 2 30000001
+		view draw
+		drawn                 => - ; uploading busy
+		stored 0 3            => ACK(0+3) WINNERS([30000001],last) ; winners_sent
+		drawn                 => - ; winners_sent
+
+		# BETS with a bad bet after the winners: the state is what is wrong
+		badbets 3 2 0         => ERROR(unexpected_frame) close ; closed
+	`)
+}
