@@ -1,19 +1,25 @@
 package agency
 
 import (
+	"bufio"
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/receipt"
+	"github.com/tp0/loteria/secure"
 )
 
 // Ways to wait for the draw after FINISHED.
@@ -37,6 +43,9 @@ const (
 var (
 	ErrGaveUp   = errors.New("gave up reconnecting")
 	ErrProtocol = errors.New("protocol violation by the server")
+	ErrChain    = errors.New("the server's copy of this agency's bets differs from its file")
+	ErrAhead    = errors.New("the server holds more bets than the file")
+	ErrReceipt  = errors.New("the server's receipt does not check")
 )
 
 // RejectError is a REJECT from the server: the batch was not stored.
@@ -54,34 +63,37 @@ func (e *ServerError) Error() string {
 }
 
 // Temporary reports whether reconnecting may help.
-func (e *ServerError) Temporary() bool {
-	switch e.Err.Code {
-	case frame.CodeShuttingDown, frame.CodeBusy, frame.CodeTimeout, frame.CodeStorage, frame.CodeTooManyConns:
-		return true
-	}
-	return false
-}
+func (e *ServerError) Temporary() bool { return e.Err.Code.Temporary() }
 
 // Config configures an agency's upload.
 type Config struct {
 	Agency         uint32
-	Server         string // host:port
-	BatchMaxAmount int    // most bets per batch
-	Wait           string // WaitHold or WaitPoll
+	Servers        []string // host:port of each event server, tried in turn
+	BatchMaxAmount int      // most bets per batch
+	Wait           string   // WaitHold or WaitPoll
 	RetryBase      time.Duration
 	RetryMax       time.Duration
-	GiveUp         time.Duration // longest stretch of failed attempts before giving up
-	IOTimeout      time.Duration // dial timeout and longest wait for an ACK
+	GiveUp         time.Duration // longest stretch without progress before giving up
+	IOTimeout      time.Duration // dial and handshake timeout, longest wait for an answer
 	LogEachBet     bool          // log apuesta_enviada for every acknowledged bet
 	Progress       time.Duration // at most this often an upload in_progress line
 	Logger         *zap.Logger
+	// Key and ServerPub secure the connection (Noise IK); a nil Key speaks
+	// the plaintext protocol, for servers run with --insecure.
+	Key       *secure.PrivateKey
+	ServerPub secure.PublicKey
+	// SignPub, when set, is the server's signing key: receipts and the
+	// commitment must carry its signature.
+	SignPub ed25519.PublicKey
+	// ReceiptFile is where the receipt is saved; "" saves none.
+	ReceiptFile string
 	// Dial opens connections; nil means a TCP dialer with IOTimeout.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
 }
 
 func (c *Config) setDefaults() {
-	if c.Server == "" {
-		c.Server = DefaultServer
+	if len(c.Servers) == 0 {
+		c.Servers = []string{DefaultServer}
 	}
 	if c.BatchMaxAmount <= 0 {
 		c.BatchMaxAmount = DefaultBatchMaxAmount
@@ -117,8 +129,10 @@ func (c *Config) setDefaults() {
 
 // Result is what a finished upload learned.
 type Result struct {
-	Bets    uint64   // bets the server holds for the agency
-	Winners []string // documents of the agency's winning bets
+	Bets    uint64           // bets the server holds for the agency
+	Winners []string         // documents of the agency's winning bets
+	Receipt *receipt.Receipt // the server's receipt for those bets
+	Root    frame.Hash       // the draw's commitment, which holds the receipt's leaf
 }
 
 // Run uploads every bet of src, sends FINISHED and waits for the winners,
@@ -126,7 +140,8 @@ type Result struct {
 // cancelled first.
 func Run(ctx context.Context, cfg Config, src Source) (Result, error) {
 	cfg.setDefaults()
-	c := &client{cfg: cfg, log: cfg.Logger, batcher: NewBatcher(src, cfg.BatchMaxAmount), src: src}
+	c := &client{cfg: cfg, log: cfg.Logger, src: src, batcher: NewBatcher(src, cfg.BatchMaxAmount)}
+	c.base = c.batcher.Checkpoint()
 	return c.run(ctx)
 }
 
@@ -135,15 +150,20 @@ type client struct {
 	log     *zap.Logger
 	src     Source
 	batcher *Batcher
+	server  int // index in cfg.Servers of the address to dial
 
-	pending      []frame.Bet // batch sent but not acknowledged
-	pendingFirst uint64
-	acked        uint64
-	total        uint64
-	finishedSent bool // the server has our FINISHED on record
-	progressed   bool // this attempt got somewhere: reset the backoff
-	lastProgress time.Time
-	winners      []string
+	base     Checkpoint   // the batcher at the last acknowledged bet
+	unacked  []Checkpoint // after each batch sent but not acknowledged when the connection broke
+	acked    uint64       // the most bets ever acknowledged
+	total    uint64       // bets in the file, once read to its end
+	complete bool         // total and final are known
+	final    frame.Hash   // chain over every bet of the file
+
+	receipt  *receipt.Receipt
+	winners  []string
+	root     frame.Hash
+	progress bool // this attempt got somewhere: reset the give-up clock
+	shown    time.Time
 }
 
 type notReady struct{ frame.NotReady }
@@ -159,14 +179,16 @@ func (c *client) run(ctx context.Context) (Result, error) {
 	for {
 		err := c.session(ctx)
 		if err == nil {
-			return Result{Bets: c.total, Winners: c.winners}, nil
+			return Result{Bets: c.total, Winners: c.winners, Receipt: c.receipt, Root: c.root}, nil
 		}
 		if ctx.Err() != nil {
 			return Result{Bets: c.acked}, ctx.Err()
 		}
+		if c.progress {
+			lastOK, attempt, c.progress = time.Now(), 0, false
+		}
 		var nr *notReady
 		if errors.As(err, &nr) {
-			lastOK, attempt = time.Now(), 0
 			delay = c.pollDelay(delay, nr.RetryAfter)
 			c.log.Info("consulta_ganadores", logging.InProgress, zap.Uint32("agency", c.cfg.Agency),
 				zap.Uint32("finished", nr.Finished), zap.Uint32("agencies", nr.Agencies), zap.Duration("retry_in", delay))
@@ -179,22 +201,23 @@ func (c *client) run(ctx context.Context) (Result, error) {
 		if !retryable(err) {
 			return Result{Bets: c.acked}, err
 		}
-		if c.progressed {
-			lastOK, attempt, c.progressed = time.Now(), 0, false
-		}
 		if time.Since(lastOK) > c.cfg.GiveUp {
-			c.log.Error("connect", logging.Fail, zap.String("server", c.cfg.Server), zap.Int("attempts", attempt), zap.Error(err))
-			return Result{Bets: c.acked}, fmt.Errorf("%w after %v: %w", ErrGaveUp, c.cfg.GiveUp, err)
+			c.log.Error("connect", logging.Fail, zap.String("server", c.addr()), zap.Int("attempts", attempt), zap.Error(err))
+			return Result{Bets: c.acked}, fmt.Errorf("%w: no progress for %v: %w", ErrGaveUp, c.cfg.GiveUp, err)
 		}
 		attempt++
+		failed := c.addr()
+		c.server = (c.server + 1) % len(c.cfg.Servers)
 		wait := backoff(c.cfg.RetryBase, c.cfg.RetryMax, attempt)
-		c.log.Info("connect", logging.InProgress, zap.String("server", c.cfg.Server), zap.Int("attempt", attempt),
-			zap.Duration("retry_in", wait), zap.Error(err))
+		c.log.Info("connect", logging.InProgress, zap.String("server", failed), zap.String("next", c.addr()),
+			zap.Int("attempt", attempt), zap.Duration("retry_in", wait), zap.Error(err))
 		if !sleep(ctx, wait) {
 			return Result{Bets: c.acked}, ctx.Err()
 		}
 	}
 }
+
+func (c *client) addr() string { return c.cfg.Servers[c.server] }
 
 // pollDelay starts at the server's hint and doubles up to RetryMax.
 func (c *client) pollDelay(prev, hint time.Duration) time.Duration {
@@ -236,38 +259,211 @@ func retryable(err error) bool {
 	if errors.As(err, &se) {
 		return se.Temporary()
 	}
+	var refused *secure.RefusedError
+	if errors.As(err, &refused) {
+		return refused.Code.Temporary()
+	}
 	var re *RejectError
 	if errors.As(err, &re) {
 		return re.Reject.Code == frame.CodeIndexGap // our view of what the server holds is stale
 	}
 	var row *RowError
-	if errors.As(err, &row) || errors.Is(err, ErrProtocol) {
+	if errors.As(err, &row) || errors.Is(err, ErrProtocol) || errors.Is(err, ErrChain) ||
+		errors.Is(err, ErrAhead) || errors.Is(err, ErrReceipt) || errors.Is(err, secure.ErrHandshake) {
 		return false
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, net.ErrClosed)
+		errors.Is(err, net.ErrClosed) || errors.Is(err, secure.ErrDecrypt) || errors.Is(err, secure.ErrRecord) ||
+		errors.Is(err, errNoAnswer)
 }
 
-// session runs one connection: handshake, upload what is missing, FINISHED,
-// then wait for or ask for the winners.
+var errNoAnswer = errors.New("the server did not answer in time")
+
+// link is one connection's framed stream, plaintext or encrypted.
+type link interface {
+	frame.Source
+	Write(frames []byte) (int, error) // one or more whole encoded frames
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	Close() error
+}
+
+type plainLink struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (l *plainLink) Peek(n int) ([]byte, error)        { return l.r.Peek(n) }
+func (l *plainLink) Discard(n int) (int, error)        { return l.r.Discard(n) }
+func (l *plainLink) Write(b []byte) (int, error)       { return l.Conn.Write(b) }
+func (l *plainLink) SetReadDeadline(t time.Time) error { return l.Conn.SetReadDeadline(t) }
+
+// inbound is a frame read, or the error that ended reading.
+type inbound struct {
+	f   frame.Frame
+	err error
+}
+
+// conn is one session's connection: a reader goroutine feeding frames in,
+// and the session's goroutine writing and reading them.
+type conn struct {
+	ctx     context.Context
+	link    link
+	in      chan inbound
+	done    chan struct{}
+	wg      sync.WaitGroup
+	timeout time.Duration
+	out     []byte
+}
+
+func (c *client) dial(ctx context.Context) (*conn, error) {
+	nc, err := c.cfg.Dial(ctx, c.addr())
+	if err != nil {
+		return nil, err
+	}
+	var l link
+	if c.cfg.Key != nil {
+		sc, err := secure.Client(nc, *c.cfg.Key, c.cfg.ServerPub, c.cfg.IOTimeout)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		l = sc
+	} else {
+		l = &plainLink{Conn: nc, r: frame.NewReader(nc)}
+	}
+	k := &conn{ctx: ctx, link: l, in: make(chan inbound, 64), done: make(chan struct{}), timeout: c.cfg.IOTimeout}
+	k.wg.Add(1)
+	go k.read()
+	return k, nil
+}
+
+// read decodes frames until the stream ends, handing each to the session.
+func (k *conn) read() {
+	defer k.wg.Done()
+	var dec frame.Decoder
+	for {
+		f, err := dec.Next(k.link)
+		if err != nil {
+			var fe *frame.FieldError
+			if errors.As(err, &fe) || errors.Is(err, frame.ErrVersion) || errors.Is(err, frame.ErrTooLarge) ||
+				errors.Is(err, frame.ErrUnknownType) || errors.Is(err, frame.ErrMalformed) {
+				err = fmt.Errorf("%w: %w", ErrProtocol, err)
+			} else {
+				err = fmt.Errorf("receive: %w", err)
+			}
+		} else if e, ok := f.(*frame.Error); ok {
+			err = &ServerError{Err: *e}
+		}
+		select {
+		case k.in <- inbound{f, err}:
+		case <-k.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// close ends the connection and waits for its reader.
+func (k *conn) close() error {
+	close(k.done)
+	err := k.link.Close()
+	k.wg.Wait()
+	return err
+}
+
+// send writes k.out (whole frames) and clears it.
+func (k *conn) send() error {
+	if err := k.ctx.Err(); err != nil {
+		return err
+	}
+	k.link.SetWriteDeadline(time.Now().Add(k.timeout))
+	_, err := k.link.Write(k.out)
+	k.out = k.out[:0]
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+func (k *conn) queue(f frame.Frame) error {
+	var err error
+	k.out, err = frame.Append(k.out, f)
+	return err
+}
+
+// expect arms the read deadline: an answer is due within d (0: none is).
+func (k *conn) expect(d time.Duration) {
+	if d <= 0 {
+		k.link.SetReadDeadline(time.Time{})
+		return
+	}
+	k.link.SetReadDeadline(time.Now().Add(d))
+}
+
+// next returns the next frame, answering the server's PINGs on the way.
+func (k *conn) next() (frame.Frame, error) {
+	for {
+		var m inbound
+		select {
+		case m = <-k.in:
+		case <-k.ctx.Done():
+			return nil, k.ctx.Err()
+		}
+		if m.err != nil {
+			if err := k.ctx.Err(); err != nil {
+				return nil, err
+			}
+			var ne net.Error
+			if errors.As(m.err, &ne) && ne.Timeout() {
+				return nil, fmt.Errorf("%w: %w", errNoAnswer, m.err)
+			}
+			return nil, m.err
+		}
+		if p, ok := m.f.(*frame.Ping); ok {
+			if err := k.queue(&frame.Pong{Payload: p.Payload}); err != nil {
+				return nil, err
+			}
+			if err := k.send(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if _, ok := m.f.(*frame.Pong); ok {
+			continue
+		}
+		return m.f, nil
+	}
+}
+
+// session runs one connection: handshake, HELLO, upload what is missing,
+// FINISHED, then wait for or ask for the winners.
 func (c *client) session(ctx context.Context) (err error) {
-	conn, err := c.cfg.Dial(ctx, c.cfg.Server)
+	k, err := c.dial(ctx)
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { k.link.SetReadDeadline(time.Now()); k.link.SetWriteDeadline(time.Now()) })
 	defer func() {
 		stop()
-		cerr := conn.Close()
+		cerr := k.close()
 		if ctx.Err() != nil {
-			c.log.Info("close_socket", logging.Success, zap.String("server", c.cfg.Server))
+			c.log.Info("close_socket", logging.Success, zap.String("server", c.addr()))
 		} else if ce := c.log.Check(zap.DebugLevel, "close_socket"); ce != nil {
-			ce.Write(logging.Success, zap.String("server", c.cfg.Server), zap.NamedError("close_error", cerr))
+			ce.Write(logging.Success, zap.String("server", c.addr()), zap.NamedError("close_error", cerr))
 		}
 	}()
-	s := &wire{ctx: ctx, conn: conn, r: frame.NewReader(conn), timeout: c.cfg.IOTimeout}
-	reply, err := s.call(&frame.Hello{Agency: c.cfg.Agency})
+	if err := k.queue(&frame.Hello{Agency: c.cfg.Agency}); err != nil {
+		return err
+	}
+	if err := k.send(); err != nil {
+		return err
+	}
+	k.expect(c.cfg.IOTimeout)
+	reply, err := k.next()
 	if err != nil {
 		return err
 	}
@@ -275,201 +471,390 @@ func (c *client) session(ctx context.Context) (err error) {
 	if !ok {
 		return fmt.Errorf("%w: %s in answer to HELLO", ErrProtocol, reply.Type())
 	}
-	c.log.Info("hello", logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("held", w.Held),
-		zap.Bool("finished", w.Finished))
-
-	if !c.finishedSent {
-		if err := c.upload(s, w.Held); err != nil {
+	c.log.Info("hello", logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.String("server", c.addr()),
+		zap.Uint64("held", w.Held), zap.Bool("finished", w.Finished), zap.Uint16("window", w.Window))
+	if err := c.align(w); err != nil {
+		return err
+	}
+	if c.receipt != nil && w.Finished {
+		if err := k.queue(&frame.QueryWinners{}); err != nil {
 			return err
 		}
-		reply, err = s.call(&frame.Finished{Total: c.total})
-	} else {
-		reply, err = s.call(&frame.QueryWinners{})
-	}
-	if err != nil {
-		return err
-	}
-	return c.awaitWinners(ctx, s, reply)
-}
-
-// upload sends every batch from stream index held on, one at a time, each
-// after the previous one's ACK.
-func (c *client) upload(s *wire, held uint64) error {
-	if err := c.align(held); err != nil {
-		return err
-	}
-	for {
-		if len(c.pending) == 0 {
-			first, batch, err := c.batcher.Next()
-			if err != nil {
-				c.log.Error("upload", logging.Fail, zap.Uint64("bets", c.acked), zap.Error(err))
-				return err
-			}
-			if len(batch) == 0 {
-				break
-			}
-			c.pending, c.pendingFirst = batch, first
+		if err := k.send(); err != nil {
+			return err
 		}
-		reply, err := s.call(&frame.Bets{First: c.pendingFirst, Bets: c.pending})
+		k.expect(c.cfg.IOTimeout)
+		reply, err := k.next()
 		if err != nil {
 			return err
 		}
-		switch r := reply.(type) {
-		case *frame.Ack:
-			if r.First != c.pendingFirst || int(r.Count) != len(c.pending) {
-				return fmt.Errorf("%w: ACK for bets %d+%d, sent %d+%d", ErrProtocol, r.First, r.Count, c.pendingFirst, len(c.pending))
-			}
-			c.acked = c.pendingFirst + uint64(len(c.pending))
-			if c.cfg.LogEachBet {
-				for _, b := range c.pending {
-					c.log.Info("apuesta_enviada", logging.Success, zap.String("dni", b.Document), zap.Uint16("numero", b.Number))
-				}
-			}
-			c.pending = nil
-			c.progressed = true
-			c.reportProgress(false)
-		case *frame.Reject:
-			err := &RejectError{Reject: *r}
-			level := zap.ErrorLevel
-			if retryable(err) {
-				level = zap.WarnLevel // the reconnect resynchronises
-			}
-			c.log.Log(level, "apuesta_enviada", logging.Fail, zap.Int("cantidad", len(c.pending)),
-				zap.Stringer("code", r.Code), zap.Uint64("index", r.Index), zap.String("reason", r.Reason))
-			return err
-		default:
-			return fmt.Errorf("%w: %s in answer to BETS", ErrProtocol, reply.Type())
-		}
+		return c.awaitWinners(k, w, reply)
 	}
-	c.total = c.batcher.Index()
-	c.acked = c.total
-	c.reportProgress(true)
-	return nil
-}
-
-// align makes the next batch start where the server's holdings end.
-func (c *client) align(held uint64) error {
-	if c.pending != nil && held >= c.pendingFirst && held <= c.pendingFirst+uint64(len(c.pending)) {
-		c.pending = c.pending[held-c.pendingFirst:]
-		c.pendingFirst = held
-		if len(c.pending) == 0 {
-			c.pending = nil
-		}
-		c.acked = held
-		return nil
-	}
-	c.pending = nil
-	if err := c.batcher.Seek(held); err != nil {
+	if err := c.upload(k, w); err != nil {
 		return err
 	}
-	c.acked = held
+	return c.finish(k, w)
+}
+
+// align puts the batcher where the server's holdings end and checks that
+// the server's chain over them equals this file's.
+func (c *client) align(w *frame.Welcome) error {
+	held := w.Held
+	if held < c.acked {
+		c.log.Warn("hello", logging.Fail, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("held", held),
+			zap.Uint64("acknowledged", c.acked), zap.String("next", "sending the missing bets again"))
+	}
+	restored := false
+	for _, cp := range append([]Checkpoint{c.base}, c.unacked...) {
+		if cp.Index == held {
+			if err := c.batcher.Restore(cp); err != nil {
+				return err
+			}
+			restored = true
+			break
+		}
+	}
+	if !restored {
+		if err := c.batcher.Seek(held); err != nil {
+			return err
+		}
+	}
+	c.unacked = nil
+	if got := c.batcher.Chain(); got != w.Chain {
+		return fmt.Errorf("%w: the server holds %d bets of agency %d with chain %x, and the first %d bets of this "+
+			"file give %x: the server's store or this file changed", ErrChain, held, c.cfg.Agency, w.Chain, held, got)
+	}
+	c.base = c.batcher.Checkpoint()
+	c.acked = max(c.acked, held)
 	return nil
 }
 
-func (c *client) reportProgress(done bool) {
+// batch is one BETS frame ready to send, and the batcher after it.
+type batch struct {
+	first uint64
+	bets  []frame.Bet
+	wire  []byte
+	after Checkpoint
+	err   error
+	last  bool // the source is exhausted; no bets
+}
+
+// produce reads and encodes batches ahead of the sender, so reading the
+// file, sending and waiting for ACKs overlap. It owns the batcher until it
+// returns.
+func (c *client) produce(out chan<- batch, stop <-chan struct{}) {
+	defer close(out)
+	for {
+		first, bets, err := c.batcher.Next()
+		b := batch{first: first, bets: bets, err: err, last: err == nil && len(bets) == 0}
+		if err == nil && len(bets) > 0 {
+			b.wire, b.err = frame.Encode(&frame.Bets{First: first, Bets: bets})
+			b.after = c.batcher.Checkpoint()
+		}
+		select {
+		case out <- b:
+		case <-stop:
+			return
+		}
+		if b.err != nil || b.last {
+			return
+		}
+	}
+}
+
+// upload sends every batch from the server's count on, up to the window
+// announced in WELCOME in flight, checking each ACK's chain.
+func (c *client) upload(k *conn, w *frame.Welcome) error {
+	window := max(int(w.Window), 1)
+	c.batcher.SetMaxFrame(int(w.MaxFrame))
+	batches := make(chan batch, window)
+	stop := make(chan struct{})
+	go c.produce(batches, stop)
+	defer func() {
+		close(stop)
+		for range batches { // wait for the producer to let go of the batcher
+		}
+	}()
+	var inflight []batch
+	exhausted := false
+	for !exhausted || len(inflight) > 0 {
+		var ready <-chan batch
+		if !exhausted && len(inflight) < window {
+			ready = batches
+		}
+		select {
+		case b := <-ready:
+			for {
+				if b.err != nil {
+					c.log.Error("upload", logging.Fail, zap.Uint64("bets", c.acked), zap.Error(b.err))
+					return b.err
+				}
+				if b.last {
+					exhausted = true
+					break
+				}
+				k.out = append(k.out, b.wire...)
+				inflight = append(inflight, b)
+				if len(inflight) >= window {
+					break
+				}
+				var more bool
+				select {
+				case b, more = <-batches:
+				default:
+				}
+				if !more {
+					break
+				}
+			}
+			if len(k.out) > 0 {
+				if err := k.send(); err != nil {
+					c.keep(inflight)
+					return err
+				}
+				k.expect(c.cfg.IOTimeout)
+			}
+		case m := <-k.in:
+			if err := c.onAnswer(k, m, &inflight); err != nil {
+				c.keep(inflight)
+				return err
+			}
+			if len(inflight) > 0 {
+				k.expect(c.cfg.IOTimeout)
+			}
+		case <-k.ctx.Done():
+			return k.ctx.Err()
+		}
+	}
+	c.total, c.final, c.complete = c.batcher.Index(), c.batcher.Chain(), true
+	c.base = c.batcher.Checkpoint()
+	c.report(true)
+	return nil
+}
+
+// keep remembers where the batches still in flight end, so that a reconnect
+// finding the server past some of them resumes without re-reading the file.
+func (c *client) keep(inflight []batch) {
+	for _, b := range inflight {
+		c.unacked = append(c.unacked, b.after)
+	}
+}
+
+// onAnswer handles what the server said while batches are in flight.
+func (c *client) onAnswer(k *conn, m inbound, inflight *[]batch) error {
+	if m.err != nil {
+		var ne net.Error
+		if errors.As(m.err, &ne) && ne.Timeout() && k.ctx.Err() == nil {
+			return fmt.Errorf("%w: no ACK within %v: %w", errNoAnswer, c.cfg.IOTimeout, m.err)
+		}
+		return m.err
+	}
+	switch f := m.f.(type) {
+	case *frame.Ping:
+		if err := k.queue(&frame.Pong{Payload: f.Payload}); err != nil {
+			return err
+		}
+		return k.send()
+	case *frame.Pong:
+		return nil
+	case *frame.Ack:
+		if len(*inflight) == 0 {
+			return fmt.Errorf("%w: ACK for bets %d+%d with nothing in flight", ErrProtocol, f.First, f.Count)
+		}
+		b := (*inflight)[0]
+		if f.First != b.first || int(f.Count) != len(b.bets) {
+			return fmt.Errorf("%w: ACK for bets %d+%d, oldest sent is %d+%d", ErrProtocol, f.First, f.Count, b.first, len(b.bets))
+		}
+		if err := c.checkAck(f, *inflight); err != nil {
+			return err
+		}
+		*inflight = (*inflight)[1:]
+		end := b.first + uint64(len(b.bets))
+		if end > c.acked {
+			c.acked, c.progress = end, true
+		}
+		c.base = b.after
+		if c.cfg.LogEachBet {
+			for _, bet := range b.bets {
+				c.log.Info("apuesta_enviada", logging.Success, zap.String("dni", bet.Document), zap.Uint16("numero", bet.Number))
+			}
+		}
+		c.report(false)
+		return nil
+	case *frame.Reject:
+		err := &RejectError{Reject: *f}
+		level := zap.ErrorLevel
+		if retryable(err) {
+			level = zap.WarnLevel // the reconnect resynchronises
+		}
+		n := 0
+		if len(*inflight) > 0 {
+			n = len((*inflight)[0].bets)
+		}
+		c.log.Log(level, "apuesta_enviada", logging.Fail, zap.Int("cantidad", n),
+			zap.Stringer("code", f.Code), zap.Uint64("index", f.Index), zap.String("reason", f.Reason))
+		return err
+	}
+	return fmt.Errorf("%w: %s while uploading", ErrProtocol, m.f.Type())
+}
+
+// checkAck compares the chain an ACK carries with this file's: the ACK
+// covers Held bets, the end of one of the batches in flight unless a
+// connection the server has not forgotten stored more.
+func (c *client) checkAck(f *frame.Ack, inflight []batch) error {
+	for _, b := range inflight {
+		if b.after.Index == f.Held {
+			if got := b.after.Chain(); got != f.Chain {
+				return fmt.Errorf("%w: the ACK for bets %d..%d says the server's chain over agency %d's first %d bets is %x, "+
+					"this file gives %x: something between the file and the server's disk changed a bet",
+					ErrChain, f.First, f.First+uint64(f.Count)-1, c.cfg.Agency, f.Held, f.Chain, got)
+			}
+			return nil
+		}
+	}
+	if ce := c.log.Check(zap.DebugLevel, "chain_check"); ce != nil {
+		ce.Write(logging.Success, zap.Uint64("held", f.Held), zap.String("note", "not a batch end of this connection; checked later"))
+	}
+	return nil
+}
+
+func (c *client) report(done bool) {
 	if done {
-		c.log.Info("upload", logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.total))
+		c.log.Info("upload", logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.total),
+			zap.String("chain", hex.EncodeToString(c.final[:])))
 		return
 	}
-	if now := time.Now(); now.Sub(c.lastProgress) >= c.cfg.Progress {
-		if !c.lastProgress.IsZero() {
+	if now := time.Now(); now.Sub(c.shown) >= c.cfg.Progress {
+		if !c.shown.IsZero() {
 			c.log.Info("upload", logging.InProgress, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.acked),
 				zap.String("percent", fmt.Sprintf("%.1f", 100*c.src.Progress())))
 		}
-		c.lastProgress = now
+		c.shown = now
 	}
 }
 
-// awaitWinners handles the answer to FINISHED or QUERY_WINNERS: WINNERS
-// chunks end the upload; NOT_READY means waiting here (hold) or later (poll).
-func (c *client) awaitWinners(ctx context.Context, s *wire, reply frame.Frame) error {
-	c.finishedSent = true
-	c.progressed = true
+// finish sends FINISHED, checks and keeps the receipt, then waits for the
+// winners or hangs up to poll.
+func (c *client) finish(k *conn, w *frame.Welcome) error {
+	if err := k.queue(&frame.Finished{Total: c.total}); err != nil {
+		return err
+	}
+	if err := k.send(); err != nil {
+		return err
+	}
+	k.expect(c.cfg.IOTimeout)
+	reply, err := k.next()
+	if err != nil {
+		return err
+	}
+	r, ok := reply.(*frame.Receipt)
+	if !ok {
+		return fmt.Errorf("%w: %s in answer to FINISHED, want RECEIPT", ErrProtocol, reply.Type())
+	}
+	if err := c.checkReceipt(r); err != nil {
+		return err
+	}
+	k.expect(c.cfg.IOTimeout)
+	if reply, err = k.next(); err != nil {
+		return err
+	}
+	return c.awaitWinners(k, w, reply)
+}
+
+func (c *client) checkReceipt(f *frame.Receipt) error {
+	r := receipt.Receipt(*f)
+	switch {
+	case r.Agency != c.cfg.Agency:
+		return fmt.Errorf("%w: it is for agency %d", ErrReceipt, r.Agency)
+	case r.Bets != c.total:
+		return fmt.Errorf("%w: it says %d bets, this agency sent %d", ErrReceipt, r.Bets, c.total)
+	case r.Chain != c.final:
+		return fmt.Errorf("%w: its chain %x differs from this file's %x", ErrChain, r.Chain, c.final)
+	}
+	if c.cfg.SignPub != nil {
+		if err := r.Verify(c.cfg.SignPub); err != nil {
+			return fmt.Errorf("%w: %w", ErrReceipt, err)
+		}
+	}
+	first := c.receipt == nil
+	c.receipt = &r
+	if first {
+		c.progress = true
+	}
+	fields := []zap.Field{logging.Success, zap.Uint32("agency", r.Agency), zap.Uint64("bets", r.Bets),
+		zap.String("chain", hex.EncodeToString(r.Chain[:])), zap.Bool("signed", r.Signature != frame.Signature{})}
+	if c.cfg.ReceiptFile != "" {
+		if err := receipt.WriteFile(c.cfg.ReceiptFile, receipt.File{Receipt: r}); err != nil {
+			c.log.Error("receipt", logging.Fail, zap.String("file", c.cfg.ReceiptFile), zap.Error(err))
+			return err
+		}
+		fields = append(fields, zap.String("file", c.cfg.ReceiptFile))
+	}
+	c.log.Info("receipt", fields...)
+	return nil
+}
+
+// awaitWinners handles the answer to FINISHED or QUERY_WINNERS: the
+// commitment and WINNERS chunks end the upload; NOT_READY means waiting
+// here (hold, answering the server's PINGs) or later (poll).
+func (c *client) awaitWinners(k *conn, w *frame.Welcome, reply frame.Frame) error {
 	var docs []string
+	committed := false
 	for {
 		switch r := reply.(type) {
+		case *frame.Commitment:
+			leaf := receipt.Leaf{Agency: c.cfg.Agency, Bets: c.total, Chain: c.final}
+			if err := receipt.Check(r, leaf, c.cfg.SignPub); err != nil {
+				return fmt.Errorf("%w: the draw's commitment: %w", ErrReceipt, err)
+			}
+			c.root, committed = r.Root, true
 		case *frame.Winners:
+			if !committed {
+				return fmt.Errorf("%w: WINNERS before the draw's COMMITMENT", ErrProtocol)
+			}
 			docs = append(docs, r.Documents...)
 			if r.Last {
-				c.winners = docs
-				shown := docs
-				if len(shown) > 50 {
-					shown = shown[:50]
-				}
-				fields := []zap.Field{logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Int("cant_ganadores", len(docs))}
-				if len(shown) > 0 {
-					fields = append(fields, zap.String("dni", strings.Join(shown, ",")))
-				}
-				c.log.Info("consulta_ganadores", fields...)
-				return nil
+				return c.gotWinners(docs)
 			}
 		case *frame.NotReady:
+			c.progress = true // the server answers: waiting for the draw is not failing
 			if c.cfg.Wait == WaitPoll {
 				return &notReady{*r}
 			}
 			c.log.Info("consulta_ganadores", logging.InProgress, zap.Uint32("agency", c.cfg.Agency),
 				zap.Uint32("finished", r.Finished), zap.Uint32("agencies", r.Agencies), zap.String("wait", WaitHold))
-		case *frame.Pong:
 		default:
 			return fmt.Errorf("%w: %s while waiting for winners", ErrProtocol, reply.Type())
 		}
+		// While it waits for the draw the server PINGs every PingInterval
+		// and expects a PONG within ReadTimeout: silence for longer than
+		// both means the connection is gone.
+		k.expect(w.PingInterval + w.ReadTimeout + c.cfg.IOTimeout)
 		var err error
-		if reply, err = s.read(0); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
+		if reply, err = k.next(); err != nil {
 			return err
 		}
 	}
 }
 
-// wire is one connection's framed request/response exchange.
-type wire struct {
-	ctx     context.Context // cancelled: a deadline set after the cancel must not outlive it
-	conn    net.Conn
-	r       frame.Source
-	dec     frame.Decoder
-	timeout time.Duration
-}
-
-// call writes f and reads the reply, within the timeout.
-func (w *wire) call(f frame.Frame) (frame.Frame, error) {
-	w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
-	if err := w.ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := frame.Write(w.conn, f); err != nil {
-		return nil, fmt.Errorf("send %s: %w", f.Type(), err)
-	}
-	return w.read(w.timeout)
-}
-
-// read returns the next frame, turning an ERROR frame into a *ServerError;
-// timeout 0 waits indefinitely.
-func (w *wire) read(timeout time.Duration) (frame.Frame, error) {
-	deadline := time.Time{}
-	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
-	}
-	w.conn.SetReadDeadline(deadline)
-	// The cancel's own deadline may have come just before ours: check after.
-	if err := w.ctx.Err(); err != nil {
-		return nil, err
-	}
-	f, err := w.dec.Next(w.r)
-	if err != nil {
-		var fe *frame.FieldError
-		if errors.As(err, &fe) {
-			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+func (c *client) gotWinners(docs []string) error {
+	c.winners, c.progress = docs, true
+	if c.cfg.ReceiptFile != "" && c.receipt != nil {
+		root := c.root
+		if err := receipt.WriteFile(c.cfg.ReceiptFile, receipt.File{Receipt: *c.receipt, Root: &root}); err != nil {
+			c.log.Error("receipt", logging.Fail, zap.String("file", c.cfg.ReceiptFile), zap.Error(err))
+			return err
 		}
-		if errors.Is(err, frame.ErrVersion) || errors.Is(err, frame.ErrTooLarge) ||
-			errors.Is(err, frame.ErrUnknownType) || errors.Is(err, frame.ErrMalformed) {
-			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
-		}
-		return nil, fmt.Errorf("receive: %w", err)
 	}
-	if e, ok := f.(*frame.Error); ok {
-		return nil, &ServerError{Err: *e}
+	shown := docs
+	if len(shown) > 50 {
+		shown = shown[:50]
 	}
-	return f, nil
+	fields := []zap.Field{logging.Success, zap.Uint32("agency", c.cfg.Agency), zap.Int("cant_ganadores", len(docs)),
+		zap.String("root", hex.EncodeToString(c.root[:]))}
+	if len(shown) > 0 {
+		fields = append(fields, zap.String("dni", strings.Join(shown, ",")))
+	}
+	c.log.Info("consulta_ganadores", fields...)
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/receipt"
 )
 
 // RowError names the file and line of a bet that cannot be read.
@@ -34,7 +35,18 @@ type Source interface {
 	Progress() float64
 	// Rewind starts over from the first bet.
 	Rewind() error
+	// Position is where the next bet will be read from.
+	Position() Position
+	// Seek goes back (or forward) to a Position the source returned.
+	Seek(Position) error
 	Close() error
+}
+
+// Position is a place in a Source: a byte offset and the line there for a
+// file, an index for bets in memory.
+type Position struct {
+	Offset int64
+	Line   int
 }
 
 // FileSource streams bets from a CSV file without loading it whole: no
@@ -45,7 +57,9 @@ type FileSource struct {
 	f     *os.File
 	size  int64
 	cr    *csv.Reader
-	base  int64 // bytes skipped before the csv reader (byte order mark)
+	base  int64 // file offset where the csv reader starts
+	lines int   // lines before the csv reader's first
+	next  int   // line the next row starts on
 	today frame.Date
 }
 
@@ -76,16 +90,28 @@ func (s *FileSource) Rewind() error {
 		f.Close()
 		return fmt.Errorf("stat bets file: %w", err)
 	}
-	br := bufio.NewReaderSize(f, 64<<10)
-	s.base = 0
-	if bom, _ := br.Peek(3); bytes.Equal(bom, []byte{0xEF, 0xBB, 0xBF}) {
-		br.Discard(3)
-		s.base = 3
+	s.f, s.size = f, info.Size()
+	var bom [3]byte
+	if n, _ := io.ReadFull(f, bom[:]); n == 3 && bytes.Equal(bom[:], []byte{0xEF, 0xBB, 0xBF}) {
+		return s.Seek(Position{Offset: 3, Line: 1})
 	}
-	cr := csv.NewReader(br)
+	return s.Seek(Position{Offset: 0, Line: 1})
+}
+
+// Position is the offset and line of the next row.
+func (s *FileSource) Position() Position {
+	return Position{Offset: s.base + s.cr.InputOffset(), Line: s.next}
+}
+
+// Seek continues reading at a Position this source returned.
+func (s *FileSource) Seek(p Position) error {
+	if _, err := s.f.Seek(p.Offset, io.SeekStart); err != nil {
+		return fmt.Errorf("seek bets file: %w", err)
+	}
+	cr := csv.NewReader(bufio.NewReaderSize(s.f, 64<<10))
 	cr.FieldsPerRecord = 5
 	cr.ReuseRecord = true
-	s.f, s.size, s.cr = f, info.Size(), cr
+	s.cr, s.base, s.lines, s.next = cr, p.Offset, p.Line-1, p.Line
 	return nil
 }
 
@@ -98,11 +124,13 @@ func (s *FileSource) Next() (frame.Bet, error) {
 	if err != nil {
 		var pe *csv.ParseError
 		if errors.As(err, &pe) {
-			return frame.Bet{}, &RowError{File: s.path, Line: pe.Line, Err: pe.Err}
+			return frame.Bet{}, &RowError{File: s.path, Line: s.lines + pe.Line, Err: pe.Err}
 		}
 		return frame.Bet{}, fmt.Errorf("read %s: %w", s.path, err)
 	}
 	line, _ := s.cr.FieldPos(0)
+	last, _ := s.cr.FieldPos(4) // a valid number holds no line break: the row ends on this line
+	line, s.next = s.lines+line, s.lines+last+1
 	b, err := ParseBet(rec[0], rec[1], rec[2], rec[3], rec[4], s.today)
 	if err != nil {
 		return frame.Bet{}, &RowError{File: s.path, Line: line, Err: err}
@@ -117,6 +145,9 @@ func (s *FileSource) Progress() float64 {
 	}
 	return float64(s.base+s.cr.InputOffset()) / float64(s.size)
 }
+
+// Size is the file's size in bytes.
+func (s *FileSource) Size() int64 { return s.size }
 
 // Close closes the file.
 func (s *FileSource) Close() error {
@@ -181,36 +212,77 @@ func (s *SliceSource) Progress() float64 {
 // Rewind starts over.
 func (s *SliceSource) Rewind() error { s.next = 0; return nil }
 
+// Position is the index of the next bet.
+func (s *SliceSource) Position() Position { return Position{Offset: int64(s.next)} }
+
+// Seek continues at a Position this source returned.
+func (s *SliceSource) Seek(p Position) error {
+	if p.Offset < 0 || p.Offset > int64(len(s.bets)) {
+		return fmt.Errorf("seek to bet %d of %d", p.Offset, len(s.bets))
+	}
+	s.next = int(p.Offset)
+	return nil
+}
+
 // Close does nothing.
 func (s *SliceSource) Close() error { return nil }
 
 // Batcher cuts a Source into batches of at most max bets that each fit in
-// one BETS frame, and can seek to a stream index after a reconnect.
+// one BETS frame, keeps the agency's chain over every bet it has batched,
+// and can go back to a Checkpoint or to any stream index after a reconnect.
 type Batcher struct {
-	src   Source
-	max   int
-	index uint64     // stream index of the next bet Next would return
-	ahead *frame.Bet // a bet read but not yet batched
+	src      Source
+	max      int
+	maxFrame int
+	index    uint64 // stream index of the next bet Next would return
+	chain    *receipt.Chain
+	ahead    *frame.Bet // a bet read but not yet batched
+	aheadAt  Position   // where ahead was read from
 }
+
+// Checkpoint is a Batcher's place: the next stream index, where the source
+// reads it from, and the chain over the bets before it.
+type Checkpoint struct {
+	Index uint64
+	pos   Position
+	chain *receipt.Chain
+}
+
+// Chain is the chain value over the bets before the checkpoint.
+func (c Checkpoint) Chain() frame.Hash { return c.chain.Sum() }
 
 // NewBatcher returns a Batcher over src with at most max bets per batch.
 func NewBatcher(src Source, max int) *Batcher {
 	if max < 1 {
 		max = 1
 	}
-	return &Batcher{src: src, max: max}
+	return &Batcher{src: src, max: max, maxFrame: frame.MaxSize, chain: receipt.NewChain()}
+}
+
+// SetMaxFrame cuts later batches to frames of at most n bytes (the limit a
+// server announces in WELCOME).
+func (b *Batcher) SetMaxFrame(n int) {
+	if n <= 0 || n > frame.MaxSize {
+		n = frame.MaxSize
+	}
+	b.maxFrame = n
 }
 
 // Index is the stream index of the next bet to batch.
 func (b *Batcher) Index() uint64 { return b.index }
 
+// Chain is the chain value over every bet before Index.
+func (b *Batcher) Chain() frame.Hash { return b.chain.Sum() }
+
 // Next returns the next batch and the index of its first bet; an empty batch
-// means the source is exhausted. A bad row fails the whole batch.
+// means the source is exhausted. A bad row fails the whole batch. A single
+// bet too large for the frame limit is an error.
 func (b *Batcher) Next() (uint64, []frame.Bet, error) {
 	first := b.index
 	var batch []frame.Bet
 	size := frame.BetsFrameSize(nil)
 	for len(batch) < b.max {
+		at := b.pos()
 		bet, err := b.read()
 		if errors.Is(err, io.EOF) {
 			break
@@ -218,16 +290,30 @@ func (b *Batcher) Next() (uint64, []frame.Bet, error) {
 		if err != nil {
 			return first, nil, err
 		}
-		if n := frame.BetWireSize(&bet); size+n > frame.MaxSize {
-			b.ahead = &bet
+		if n := frame.BetWireSize(&bet); size+n > b.maxFrame {
+			if len(batch) == 0 {
+				return first, nil, fmt.Errorf("bet %d takes %d bytes, more than the server's frame limit of %d allows", first, n, b.maxFrame)
+			}
+			b.ahead, b.aheadAt = &bet, at
 			break
 		} else {
 			size += n
 		}
 		batch = append(batch, bet)
 	}
+	for i := range batch {
+		b.chain.Add(&batch[i])
+	}
 	b.index += uint64(len(batch))
 	return first, batch, nil
+}
+
+// pos is where the next bet comes from.
+func (b *Batcher) pos() Position {
+	if b.ahead != nil {
+		return b.aheadAt
+	}
+	return b.src.Position()
 }
 
 func (b *Batcher) read() (frame.Bet, error) {
@@ -239,22 +325,38 @@ func (b *Batcher) read() (frame.Bet, error) {
 	return b.src.Next()
 }
 
+// Checkpoint returns the batcher's place, to Restore later.
+func (b *Batcher) Checkpoint() Checkpoint {
+	return Checkpoint{Index: b.index, pos: b.pos(), chain: b.chain.Clone()}
+}
+
+// Restore goes back (or forward) to a checkpoint of this batcher.
+func (b *Batcher) Restore(c Checkpoint) error {
+	if err := b.src.Seek(c.pos); err != nil {
+		return err
+	}
+	b.index, b.ahead, b.chain = c.Index, nil, c.chain.Clone()
+	return nil
+}
+
 // Seek positions the batcher so the next batch starts at stream index i,
-// rewinding the source when i is behind.
+// rewinding the source when i is behind and hashing every bet it skips.
 func (b *Batcher) Seek(i uint64) error {
 	if i < b.index {
 		if err := b.src.Rewind(); err != nil {
 			return err
 		}
-		b.index, b.ahead = 0, nil
+		b.index, b.ahead, b.chain = 0, nil, receipt.NewChain()
 	}
 	for b.index < i {
-		if _, err := b.read(); err != nil {
+		bet, err := b.read()
+		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("server holds %d bets but the source has only %d", i, b.index)
+				return fmt.Errorf("%w: the server holds %d bets but the source has only %d", ErrAhead, i, b.index)
 			}
 			return err
 		}
+		b.chain.Add(&bet)
 		b.index++
 	}
 	return nil

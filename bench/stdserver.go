@@ -49,7 +49,7 @@ func NewStdServer(cfg eventserver.Config) (*StdServer, error) {
 		cfg:   cfg,
 		log:   cfg.Logger,
 		store: store,
-		hub:   eventserver.NewHub(store, cfg.Logger),
+		hub:   eventserver.NewHub(store, cfg.Logger, cfg.Observer, cfg.SignKey),
 		ready: make(chan struct{}),
 		idle:  make(chan struct{}, 1),
 		conns: map[*stdConn]struct{}{},
@@ -162,16 +162,18 @@ func (s *StdServer) serveConn(nc net.Conn) {
 		refuse(frame.CodeShuttingDown, "server is shutting down; retry later")
 		return
 	}
-	if s.count.Add(1) > int64(s.cfg.MaxConns) {
+	if limit := s.cfg.MaxPending + s.cfg.Agencies; s.count.Add(1) > int64(limit) {
 		s.count.Add(-1)
-		refuse(frame.CodeTooManyConns, fmt.Sprintf("server is at its limit of %d connections", s.cfg.MaxConns))
+		refuse(frame.CodeTooManyConns, fmt.Sprintf("server is at its limit of %d connections", limit))
 		return
 	}
 	c := &stdConn{
 		srv:    s,
 		nc:     nc,
 		remote: remote,
-		sess:   eventserver.NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.cfg.RetryAfter),
+		sess: eventserver.NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.cfg.Observer, eventserver.Limits{
+			Window: s.cfg.Window, MaxFrame: s.cfg.MaxFrame, ReadTimeout: s.cfg.ReadTimeout,
+			PingInterval: s.cfg.PingInterval, RetryAfter: s.cfg.RetryAfter}),
 		frames: make(chan eventserver.Received, 1),
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
@@ -302,7 +304,7 @@ func (c *stdConn) run() error {
 		}
 		// The read deadline runs only while the session waits for the peer,
 		// counted from the last frame or from when the session stopped being busy.
-		switch expects := c.sess.ExpectsInput(); {
+		switch expects := c.sess.Wait() != eventserver.WaitNone; {
 		case expects && !armed:
 			timeout.Reset(c.srv.cfg.ReadTimeout)
 			armed = true
@@ -316,7 +318,7 @@ func (c *stdConn) run() error {
 // do carries out a session's output and reports whether the connection
 // must close (with the write error, if that is why).
 func (c *stdConn) do(out eventserver.Output) (bool, error) {
-	wire, closing, err := c.srv.hub.Carry(c, c.sess, out, c.out[:0])
+	wire, closing, err := c.srv.hub.Carry(c, c.sess, out, c.out[:0], frame.Append)
 	c.out = wire
 	if err != nil {
 		return true, err

@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/filestore"
 )
 
 // storeStats is what a run left in the server's data directory.
@@ -22,7 +22,7 @@ type storeStats struct {
 // checkStore reads bets.csv back and fails with ErrBrokenRun unless every
 // agency 1..agencies holds exactly betsPerAgency rows.
 func checkStore(dir string, agencies, betsPerAgency int) (storeStats, error) {
-	path := filepath.Join(dir, persist.BetsFile)
+	path := filepath.Join(dir, filestore.BetsFile)
 	f, err := os.Open(path)
 	if err != nil {
 		return storeStats{}, fmt.Errorf("check store: %w", err)
@@ -30,7 +30,7 @@ func checkStore(dir string, agencies, betsPerAgency int) (storeStats, error) {
 	defer f.Close()
 	perAgency := make([]int64, agencies+1)
 	var st storeStats
-	for b, err := range persist.LoadBets(f) {
+	for b, err := range filestore.LoadBets(f) {
 		if err != nil {
 			return st, fmt.Errorf("%w: %s: %w", ErrBrokenRun, path, err)
 		}
@@ -52,7 +52,7 @@ func checkStore(dir string, agencies, betsPerAgency int) (storeStats, error) {
 		st.CSVBytes = info.Size()
 	}
 	st.Commits, st.BetCommits = -1, -1
-	if b, err := os.ReadFile(filepath.Join(dir, persist.JournalFile)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(dir, filestore.JournalFile)); err == nil {
 		if c, bc, err := countCommits(b); err == nil {
 			st.Commits, st.BetCommits = c, bc
 		}

@@ -270,7 +270,7 @@ fi
 # --- The echo check, a restart, the drain ---------------------------------------
 
 step "validar-echo-server.sh (server up)"
-out=$(PROJECT=$project ./validar-echo-server.sh 2>"$work/validar-up.err")
+out=$(./validar-echo-server.sh 2>"$work/validar-up.err")
 rc=$?
 if [[ $rc == 0 && $out == "action: test_echo_server | result: success" ]]; then
 	pass "validar-echo-server.sh: success, exit 0"
@@ -305,7 +305,7 @@ for want in "action: shutdown | result: success" "action: store_close | result: 
 	if grep -Fq "$want" <<<"$last_run"; then pass "server log: $want"; else fail "server log lacks '$want' after SIGTERM"; fi
 done
 
-out=$(PROJECT=$project ./validar-echo-server.sh 2>/dev/null)
+out=$(./validar-echo-server.sh 2>/dev/null)
 rc=$?
 if [[ $rc == 1 && $out == "action: test_echo_server | result: fail" ]]; then
 	pass "validar-echo-server.sh with the server stopped: fail, exit 1"
@@ -322,7 +322,7 @@ if "$docker" volume inspect "${project}_server-data" >/dev/null 2>&1; then
 else
 	pass "down -v removed the data volume"
 fi
-out=$(PROJECT=$project ./validar-echo-server.sh 2>/dev/null)
+out=$(./validar-echo-server.sh 2>/dev/null)
 rc=$?
 if [[ $rc == 1 && $out == "action: test_echo_server | result: fail" ]]; then
 	pass "validar-echo-server.sh without the network: fail, exit 1"

@@ -359,7 +359,7 @@ func TestAgencyConfigKeysAreRead(t *testing.T) {
 func fakeDocker(t *testing.T, probe string) string {
 	t.Helper()
 	dir := t.TempDir()
-	script := "#!/bin/sh\ncase \"$1\" in\nrun) " + probe + " ;;\n*) exit 0 ;;\nesac\n"
+	script := "#!/bin/sh\ncase \"$1\" in\ninspect) echo lottery_net ;;\nrun) " + probe + " ;;\n*) exit 0 ;;\nesac\n"
 	if err := os.WriteFile(filepath.Join(dir, "docker"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

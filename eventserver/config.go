@@ -1,9 +1,12 @@
 package eventserver
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -13,6 +16,8 @@ import (
 	"github.com/tp0/loteria/internal/config"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/secure"
 )
 
 // WithDefaults returns c with every zero field set to its default.
@@ -23,11 +28,20 @@ func (c Config) WithDefaults() Config {
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = DefaultReadTimeout
 	}
-	if c.MaxConns <= 0 {
-		c.MaxConns = DefaultMaxConns
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = DefaultHelloTimeout
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = DefaultMaxPending
 	}
 	if c.MaxFrame <= 0 || c.MaxFrame > frame.MaxSize {
 		c.MaxFrame = frame.MaxSize
+	}
+	if c.Window <= 0 {
+		c.Window = DefaultWindow
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
@@ -41,15 +55,34 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// OpenStore opens (and recovers) the store c describes. Its queue holds one
-// request per allowed connection, so a session's Submit never finds it full.
+// OpenStore opens (and recovers) the store c describes and starts its writer.
 func OpenStore(c Config) (*persist.Store, error) {
-	return persist.Open(c.DataDir, persist.Options{
+	backend, err := filestore.Open(c.DataDir, filestore.Options{
+		Agencies:       c.Agencies,
+		WinningNumber:  c.WinningNumber,
+		Logger:         c.Logger,
+		RebuildJournal: c.RebuildJournal,
+		Sync:           c.StoreSync,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var obs persist.Observer
+	if o, ok := c.Observer.(persist.Observer); ok {
+		obs = o
+	}
+	store, err := persist.New(backend, persist.Options{
 		Agencies:      c.Agencies,
 		WinningNumber: c.WinningNumber,
-		QueueSize:     c.MaxConns + 64,
 		Logger:        c.Logger,
+		Observer:      obs,
+		Tamper:        c.Tamper,
 	})
+	if err != nil {
+		backend.Close()
+		return nil, err
+	}
+	return store, nil
 }
 
 // LoadConfig reads the server's settings — flags in args, then SERVER_*
@@ -64,24 +97,38 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	agencies := fs.Int("agencies", DefaultAgencies, "agencies the draw waits for (ids 1..N)")
 	dataDir := fs.String("data-dir", ".", "directory for bets.csv and its journal")
 	winning := fs.Int("winning-number", DefaultWinningNumber, "a bet wins when its number equals this (0-9999)")
+	keys := fs.String("keys", "", "directory with server.key, server-sign.key and agency-I.pub (bin/keygen writes them)")
+	insecure := fs.Bool("insecure", false, "accept plaintext agencies with no keys (the protocol as PROTOCOL.md documents it)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", logging.FormatConsole, "console (action lines) or json")
-	readTimeout := fs.Duration("read-timeout", DefaultReadTimeout, "longest wait for a complete frame when one is expected")
-	maxConns := fs.Int("max-conns", DefaultMaxConns, "connections beyond this are refused")
-	maxFrame := fs.Int("max-frame", frame.MaxSize, "largest frame accepted, in bytes (at most 8192)")
+	readTimeout := fs.Duration("read-timeout", DefaultReadTimeout, "longest wait for a frame, or a PONG, when one is due")
+	helloTimeout := fs.Duration("hello-timeout", DefaultHelloTimeout, "a new connection must complete HELLO within this")
+	pingInterval := fs.Duration("ping-interval", DefaultPingInterval, "an agency waiting for the draw is PINGed after this much silence")
+	maxPending := fs.Int("max-pending", DefaultMaxPending, "connections that have not completed HELLO, at most")
+	maxFrame := fs.Int("max-frame", frame.MaxSize, "largest frame accepted, in bytes (64-8192); agencies learn it from WELCOME")
+	window := fs.Int("window", DefaultWindow, "most unanswered BETS/FINISHED per connection (1-1024); agencies learn it from WELCOME")
 	grace := fs.Duration("shutdown-grace", DefaultShutdownGrace, "how long SIGTERM waits for in-flight batches")
 	retry := fs.Duration("retry-after", DefaultRetryAfter, "retry hint sent with NOT_READY")
+	rebuild := fs.Bool("rebuild-journal", false, "accept a damaged or missing bets.journal, rebuilding it from bets.csv (FINISHED facts are forgotten)")
+	metrics := fs.String("metrics-listen", "", "serve /metrics, /healthz and /readyz on this host:port (off when empty)")
 	set.Bind("listen", []string{"SERVER_LISTEN"}, "server.listen", "listen")
 	set.Bind("agencies", []string{"SERVER_AGENCIES"}, "agencies")
 	set.Bind("data-dir", []string{"SERVER_DATA_DIR"}, "data_dir", "storage.dir")
 	set.Bind("winning-number", []string{"SERVER_WINNING_NUMBER"}, "winning_number")
+	set.Bind("keys", []string{"SERVER_KEYS"}, "security.keys")
+	set.Bind("insecure", []string{"SERVER_INSECURE"}, "security.insecure")
 	set.Bind("log-level", []string{"SERVER_LOG_LEVEL", "LOGGING_LEVEL"}, "log.level")
 	set.Bind("log-format", []string{"SERVER_LOG_FORMAT"}, "log.format")
 	set.Bind("read-timeout", []string{"SERVER_READ_TIMEOUT"}, "limits.read_timeout")
-	set.Bind("max-conns", []string{"SERVER_MAX_CONNS"}, "limits.max_conns")
+	set.Bind("hello-timeout", []string{"SERVER_HELLO_TIMEOUT"}, "limits.hello_timeout")
+	set.Bind("ping-interval", []string{"SERVER_PING_INTERVAL"}, "limits.ping_interval")
+	set.Bind("max-pending", []string{"SERVER_MAX_PENDING"}, "limits.max_pending")
 	set.Bind("max-frame", []string{"SERVER_MAX_FRAME"}, "limits.max_frame")
+	set.Bind("window", []string{"SERVER_WINDOW"}, "limits.window")
 	set.Bind("shutdown-grace", []string{"SERVER_SHUTDOWN_GRACE"}, "shutdown_grace")
 	set.Bind("retry-after", []string{"SERVER_RETRY_AFTER"}, "retry_after")
+	set.Bind("rebuild-journal", []string{"SERVER_REBUILD_JOURNAL"}, "storage.rebuild_journal")
+	set.Bind("metrics-listen", []string{"SERVER_METRICS_LISTEN"}, "metrics.listen")
 	fs.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: %s [flags]\n\n%s", program, set.Usage())
 	}
@@ -97,6 +144,11 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return Config{}, bad("listen", "port %q is not a number from 0 to 65535", port)
 	}
+	if *metrics != "" {
+		if _, _, err := net.SplitHostPort(*metrics); err != nil {
+			return Config{}, bad("metrics-listen", "%q is not host:port: %v", *metrics, err)
+		}
+	}
 	switch {
 	case *agencies < 1 || *agencies > 1<<20:
 		return Config{}, bad("agencies", "must be from 1 to %d, got %d", 1<<20, *agencies)
@@ -104,12 +156,23 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		return Config{}, bad("data-dir", "must not be empty")
 	case *winning < 0 || *winning > frame.MaxNumber:
 		return Config{}, bad("winning-number", "must be from 0 to %d, got %d", frame.MaxNumber, *winning)
+	case *keys == "" && !*insecure:
+		return Config{}, bad("keys", "give --keys DIR (agencies prove their identity with keys and every "+
+			"connection is encrypted) or --insecure (plaintext, anyone may speak for any agency); refusing to start with neither")
+	case *keys != "" && *insecure:
+		return Config{}, bad("insecure", "--insecure and --keys exclude each other; give one")
 	case *readTimeout < 100*time.Millisecond:
 		return Config{}, bad("read-timeout", "must be at least 100ms, got %v", *readTimeout)
-	case *maxConns < 1:
-		return Config{}, bad("max-conns", "must be at least 1, got %d", *maxConns)
+	case *helloTimeout < 100*time.Millisecond:
+		return Config{}, bad("hello-timeout", "must be at least 100ms, got %v", *helloTimeout)
+	case *pingInterval < 100*time.Millisecond:
+		return Config{}, bad("ping-interval", "must be at least 100ms, got %v", *pingInterval)
+	case *maxPending < 1:
+		return Config{}, bad("max-pending", "must be at least 1, got %d", *maxPending)
 	case *maxFrame < 64 || *maxFrame > frame.MaxSize:
 		return Config{}, bad("max-frame", "must be from 64 to %d bytes, got %d", frame.MaxSize, *maxFrame)
+	case *window < 1 || *window > 1024:
+		return Config{}, bad("window", "must be from 1 to 1024, got %d", *window)
 	case *grace <= 0:
 		return Config{}, bad("shutdown-grace", "must be positive, got %v", *grace)
 	case *retry <= 0:
@@ -121,7 +184,22 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	if _, err := logging.ParseFormat(*format); err != nil {
 		return Config{}, bad("log-format", "%v", err)
 	}
-	log, err := logging.New(*level, *format, stdout)
+	var keyStore *secure.KeyStore
+	var signKey ed25519.PrivateKey
+	if *keys != "" {
+		var err error
+		if keyStore, err = secure.OpenKeyStore(*keys, *agencies); err != nil {
+			return Config{}, bad("keys", "%v (bin/keygen --dir %s --agencies %d writes the keys)", err, *keys, *agencies)
+		}
+		if signKey, err = secure.LoadSigningKey(filepath.Join(*keys, secure.SignKeyFile)); err != nil {
+			return Config{}, bad("keys", "%v (bin/keygen --dir %s --agencies %d writes it)", err, *keys, *agencies)
+		}
+	}
+	newLogger := logging.New
+	if _, ok := stdout.(*os.File); ok {
+		newLogger = logging.NewBuffered // the event loops must never wait on stdout
+	}
+	log, err := newLogger(*level, *format, stdout)
 	if err != nil {
 		return Config{}, err
 	}
@@ -129,17 +207,35 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	for _, kv := range set.Effective() {
 		fields = append(fields, zap.String(kv[0], kv[1]))
 	}
+	mode := "secure"
+	if keyStore == nil {
+		mode = "insecure"
+	}
+	fields = append(fields, zap.String("mode", mode))
 	log.Info("config", fields...)
+	if keyStore != nil {
+		if missing := keyStore.Missing(); len(missing) > 0 {
+			log.Warn("keys", logging.Fail, zap.String("dir", *keys), zap.Int("agencies_without_key", len(missing)),
+				zap.String("first_missing", fmt.Sprint(missing[:min(len(missing), 10)])))
+		}
+	}
 	return Config{
-		Listen:        *listen,
-		Agencies:      *agencies,
-		DataDir:       *dataDir,
-		WinningNumber: uint16(*winning),
-		ReadTimeout:   *readTimeout,
-		MaxConns:      *maxConns,
-		MaxFrame:      *maxFrame,
-		ShutdownGrace: *grace,
-		RetryAfter:    *retry,
-		Logger:        log,
+		Listen:         *listen,
+		Agencies:       *agencies,
+		DataDir:        *dataDir,
+		WinningNumber:  uint16(*winning),
+		ReadTimeout:    *readTimeout,
+		HelloTimeout:   *helloTimeout,
+		PingInterval:   *pingInterval,
+		MaxPending:     *maxPending,
+		MaxFrame:       *maxFrame,
+		Window:         *window,
+		ShutdownGrace:  *grace,
+		RetryAfter:     *retry,
+		RebuildJournal: *rebuild,
+		MetricsListen:  *metrics,
+		Keys:           keyStore,
+		SignKey:        signKey,
+		Logger:         log,
 	}, nil
 }

@@ -2,8 +2,9 @@ package eventserver
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"fmt"
-	"iter"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/receipt"
 )
 
 // Peer is a connection as the hub sees it: something events can be
@@ -26,28 +28,42 @@ type Peer interface {
 type Hub struct {
 	store *persist.Store
 	log   *zap.Logger
+	obs   Observer
+	sign  ed25519.PrivateKey // nil: receipts and the commitment go unsigned
 
 	mu       sync.Mutex
 	byAgency map[uint32]Peer
 	peers    map[Peer]uint64 // every open connection, with the order it joined in
 	joined   uint64
 	finished map[uint32]bool // agencies whose FINISHED the store has answered as recorded
+	drawing  bool            // the draw has started
+	closed   bool
 
-	drawOnce sync.Once
-	drawn    chan struct{} // closed when winners is set
-	winners  map[uint32][]string
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	drawn  chan struct{} // closed once result is set
+	result *drawResult
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
-// NewHub returns a hub over an open store. If every agency had already
-// finished (a restart after the draw), the draw runs again right away.
-func NewHub(store *persist.Store, log *zap.Logger) *Hub {
+// drawResult is the draw: every agency's winners and the signed commitment
+// over every agency's (bets, chain), fixed before any winner is sent.
+type drawResult struct {
+	winners    map[uint32][]string
+	tree       *receipt.Tree
+	commitment receipt.Commitment
+}
+
+// NewHub returns a hub over an open store, signing receipts with sign (nil
+// for none). If every agency had already finished (a restart after the
+// draw), the draw runs again right away, with the same result.
+func NewHub(store *persist.Store, log *zap.Logger, obs Observer, sign ed25519.PrivateKey) *Hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		store:    store,
 		log:      log,
+		obs:      observerOr(obs),
+		sign:     sign,
 		byAgency: map[uint32]Peer{},
 		peers:    map[Peer]uint64{},
 		finished: map[uint32]bool{},
@@ -56,10 +72,11 @@ func NewHub(store *persist.Store, log *zap.Logger) *Hub {
 		cancel:   cancel,
 	}
 	for a := uint32(1); a <= uint32(store.Agencies()); a++ {
-		if _, done := store.Status(a); done {
+		if _, done, _ := store.Status(a); done {
 			h.finished[a] = true
 		}
 	}
+	h.obs.AgenciesFinished(len(h.finished))
 	h.maybeDraw()
 	return h
 }
@@ -68,23 +85,48 @@ func NewHub(store *persist.Store, log *zap.Logger) *Hub {
 func (h *Hub) Agencies() int { return h.store.Agencies() }
 
 // Status is the store's view of an agency.
-func (h *Hub) Status(agency uint32) (uint64, bool) { return h.store.Status(agency) }
+func (h *Hub) Status(agency uint32) (uint64, bool, frame.Hash) { return h.store.Status(agency) }
 
 // FinishedCount is how many agencies have finished, durably.
 func (h *Hub) FinishedCount() int { return h.store.FinishedCount() }
 
-// Winners returns the agency's winning documents once the draw is done.
-func (h *Hub) Winners(agency uint32) ([]string, bool) {
+// Receipt is the signed receipt of an agency that finished with bets.
+func (h *Hub) Receipt(agency uint32, bets uint64, chain frame.Hash) *frame.Receipt {
+	r := receipt.Receipt{Lottery: h.store.Lottery(), Agency: agency, Bets: bets, Chain: chain}
+	r.Sign(h.sign)
+	f := frame.Receipt(r)
+	return &f
+}
+
+// Winners returns the agency's winning documents and the commitment with
+// the agency's Merkle proof once the draw is done.
+func (h *Hub) Winners(agency uint32) ([]string, *frame.Commitment, bool) {
 	select {
 	case <-h.drawn:
-		return h.winners[agency], true
 	default:
-		return nil, false
+		return nil, nil, false
 	}
+	r := h.result
+	c := &frame.Commitment{Lottery: r.commitment.Lottery, Agencies: r.commitment.Agencies, Root: r.commitment.Root,
+		Signature: r.commitment.Signature}
+	if agency >= 1 && agency <= r.commitment.Agencies {
+		c.Proof = r.tree.Proof(int(agency - 1))
+	}
+	return r.winners[agency], c, true
 }
 
 // Drawn is closed once the draw is done.
 func (h *Hub) Drawn() <-chan struct{} { return h.drawn }
+
+// Commitment is the draw's signed commitment, once the draw is done.
+func (h *Hub) Commitment() (receipt.Commitment, bool) {
+	select {
+	case <-h.drawn:
+		return h.result.commitment, true
+	default:
+		return receipt.Commitment{}, false
+	}
+}
 
 // Join adds an open connection; connections are numbered in the order they join.
 func (h *Hub) Join(p Peer) {
@@ -147,40 +189,44 @@ func (h *Hub) Broadcast(ev Event) {
 }
 
 // Submit hands a session's request to the store; the result comes back to p
-// as a Stored event, and a recorded FINISHED may start the draw.
+// as a Stored event. A FINISHED that completes the set runs the draw before
+// its own answer is delivered, so that agency gets its winners at once.
 func (h *Hub) Submit(p Peer, r *persist.Request) error {
 	agency, finish, total := r.Agency, r.Finish, r.Total
 	r.Done = func(res persist.Result) {
 		if finish {
 			h.recordFinish(agency, total, res)
+			if res.Err == nil {
+				h.maybeDraw()
+			}
 		}
 		p.Deliver(Stored{Result: res})
-		if finish && res.Err == nil {
-			h.maybeDraw()
-		}
 	}
 	return h.store.Submit(r)
 }
 
+// Encoder appends one frame to dst in a connection's wire form.
+type Encoder func(dst []byte, f frame.Frame) ([]byte, error)
+
 // Carry does the hub's part of a session's output for connection p — claim
-// the agency, submit the request — and appends the frames to send, encoded,
-// to dst. It returns the bytes and whether the connection must close after
-// writing them; both transports use it so they behave alike.
-func (h *Hub) Carry(p Peer, s *Session, out Output, dst []byte) ([]byte, bool, error) {
+// the agency, submit the request — and appends the frames to send, encoded
+// by enc, to dst. It returns the bytes and whether the connection must
+// close after writing them; every transport uses it so they behave alike.
+func (h *Hub) Carry(p Peer, s *Session, out Output, dst []byte, enc Encoder) ([]byte, bool, error) {
 	if out.Register != 0 && !h.Claim(p, out.Register) {
 		out = s.Step(Replaced{}) // a connection opened after this one speaks for the agency
 	}
 	if out.Request != nil {
 		if err := h.Submit(p, out.Request); err != nil {
-			// Not queued, so Done will never run: answer the session now.
-			follow := s.Step(Stored{Result: persist.Result{Err: err}})
+			// Not queued, so Done will never run: the session ends.
+			follow := s.Step(SubmitFailed{Err: err})
 			out.Send = append(out.Send, follow.Send...)
 			out.Close = out.Close || follow.Close
 		}
 	}
 	for _, f := range out.Send {
 		var err error
-		if dst, err = frame.Append(dst, f); err != nil {
+		if dst, err = enc(dst, f); err != nil {
 			h.log.Error("frame_encode", logging.Fail, zap.Stringer("type", f.Type()), zap.Error(err))
 			return dst, true, err
 		}
@@ -189,8 +235,8 @@ func (h *Hub) Carry(p Peer, s *Session, out Output, dst []byte) ([]byte, bool, e
 }
 
 // recordFinish logs the store's answer to a FINISHED. It runs in the store's
-// callbacks, one at a time, so every agency_finished line precedes the
-// draw the last one starts, even if the agency has already disconnected.
+// callbacks, one at a time, so every agency_finished line precedes the draw
+// the last one starts, even if the agency has already disconnected.
 func (h *Hub) recordFinish(agency uint32, total uint64, res persist.Result) {
 	if res.Err != nil {
 		h.log.Warn("agency_finished", logging.Fail, zap.Uint32("agency", agency), zap.Uint64("total", total),
@@ -201,77 +247,106 @@ func (h *Hub) recordFinish(agency uint32, total uint64, res persist.Result) {
 	h.finished[agency] = true
 	n := len(h.finished)
 	h.mu.Unlock()
+	h.obs.AgenciesFinished(n)
 	h.log.Info("agency_finished", logging.Success, zap.Uint32("agency", agency), zap.Uint64("bets", res.Held),
 		zap.Int("finished", n), zap.Int("agencies", h.store.Agencies()))
 }
 
-// maybeDraw starts the draw, once, when every agency's FINISHED is recorded.
-// It counts the answers recordFinish saw rather than the store's count, which
-// a group commit publishes before the callbacks of the group's other agencies.
+// maybeDraw runs the draw, once, when every agency's FINISHED is recorded
+// and the hub is still open. It counts the answers recordFinish saw rather
+// than the store's count, which a group commit publishes before the
+// callbacks of the group's other agencies.
 func (h *Hub) maybeDraw() {
 	h.mu.Lock()
-	n := len(h.finished)
-	h.mu.Unlock()
-	if n < h.store.Agencies() {
+	if h.closed || h.drawing || len(h.finished) < h.store.Agencies() {
+		h.mu.Unlock()
 		return
 	}
-	h.drawOnce.Do(func() {
+	h.drawing = true
+	h.mu.Unlock()
+	if err := h.draw(); err != nil {
+		h.log.Error("sorteo", logging.Fail, zap.Int("attempt", 1), zap.Error(err))
 		h.wg.Add(1)
-		go h.runDraw()
-	})
+		go h.retryDraw()
+	}
 }
 
-// runDraw reads the stored bets until it succeeds (retrying a failing read)
-// or the hub is closed, then publishes the winners and pushes them.
-func (h *Hub) runDraw() {
+// retryDraw repeats a failed draw (a store that could not list its
+// winners) until it succeeds or the hub is closed.
+func (h *Hub) retryDraw() {
 	defer h.wg.Done()
-	for attempt := 1; ; attempt++ {
-		start := time.Now()
-		winners, bets, err := Draw(h.store.Bets(), h.store.WinningNumber())
-		if err == nil {
-			h.winners = winners
-			close(h.drawn)
-			total := 0
-			for _, w := range winners {
-				total += len(w)
-			}
-			h.log.Info("sorteo", logging.Success, zap.Int("agencies", h.store.Agencies()), zap.Int("bets", bets),
-				zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
-				zap.Duration("took", time.Since(start)))
-			for a := uint32(1); a <= uint32(h.store.Agencies()); a++ {
-				h.log.Info("ganadores", logging.Success, zap.Uint32("agency", a), zap.Int("cant_ganadores", len(winners[a])))
-			}
-			h.Broadcast(Drawn{})
-			return
-		}
-		h.log.Error("sorteo", logging.Fail, zap.Int("attempt", attempt), zap.Error(err))
+	for attempt := 2; ; attempt++ {
 		select {
 		case <-h.ctx.Done():
 			return
 		case <-time.After(2 * time.Second):
 		}
+		err := h.draw()
+		if err == nil {
+			return
+		}
+		h.log.Error("sorteo", logging.Fail, zap.Int("attempt", attempt), zap.Error(err))
 	}
 }
 
-// Close stops a draw that is retrying and waits for it to end.
+// draw looks up the winners the store indexed as it committed, commits to
+// every agency's bets with a signed Merkle root, publishes both and pushes
+// them to the connections that asked.
+func (h *Hub) draw() error {
+	start := time.Now()
+	winners, err := h.store.Winners()
+	if err != nil {
+		return err
+	}
+	n := h.store.Agencies()
+	leaves := make([]receipt.Leaf, n)
+	var bets uint64
+	for i := range leaves {
+		held, _, chain := h.store.Status(uint32(i + 1))
+		leaves[i] = receipt.Leaf{Agency: uint32(i + 1), Bets: held, Chain: chain}
+		bets += held
+	}
+	tree := receipt.NewTree(leaves)
+	c := receipt.Commitment{Lottery: h.store.Lottery(), Agencies: uint32(n), Root: tree.Root()}
+	c.Sign(h.sign)
+	statement, err := receipt.Statement{Commitment: c, Leaves: leaves}.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("encode the draw's statement: %w", err)
+	}
+	if err := h.store.SaveDraw(statement); err != nil { // kept before any winner leaves
+		return fmt.Errorf("save the draw's statement: %w", err)
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.result = &drawResult{winners: winners, tree: tree, commitment: c}
+	close(h.drawn)
+	h.mu.Unlock()
+	total := 0
+	for _, w := range winners {
+		total += len(w)
+	}
+	took := time.Since(start)
+	h.obs.Drawn(took)
+	h.log.Info("sorteo", logging.Success, zap.Int("agencies", n), zap.Uint64("bets", bets),
+		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
+		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took))
+	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {
+		for a := uint32(1); a <= uint32(n); a++ {
+			h.log.Info("ganadores", logging.Success, zap.Uint32("agency", a), zap.Int("cant_ganadores", len(winners[a])))
+		}
+	}
+	h.Broadcast(Drawn{})
+	return nil
+}
+
+// Close stops the draw from starting or retrying and waits for a retry to end.
 func (h *Hub) Close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
 	h.cancel()
 	h.wg.Wait()
-}
-
-// Draw groups the documents of the winning bets by agency, in stored order.
-// One document appears once per winning bet: documents repeat, never dedupe.
-func Draw(bets iter.Seq2[persist.Bet, error], winningNumber uint16) (map[uint32][]string, int, error) {
-	winners := map[uint32][]string{}
-	n := 0
-	for b, err := range bets {
-		if err != nil {
-			return nil, n, fmt.Errorf("draw: %w", err)
-		}
-		n++
-		if persist.HasWon(b, winningNumber) {
-			winners[b.Agency] = append(winners[b.Agency], b.Document)
-		}
-	}
-	return winners, n, nil
 }

@@ -5,10 +5,12 @@ package eventserver
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/secure"
 )
 
 // Defaults for Config.
@@ -28,27 +31,50 @@ const (
 	DefaultAgencies      = 5
 	DefaultWinningNumber = 7574
 	DefaultReadTimeout   = 30 * time.Second
-	DefaultMaxConns      = 16384
+	DefaultHelloTimeout  = 10 * time.Second
+	DefaultPingInterval  = 60 * time.Second
+	DefaultMaxPending    = 1024
+	DefaultWindow        = 16
 	DefaultShutdownGrace = 8 * time.Second
 	DefaultRetryAfter    = time.Second
 )
 
-// FloodLimit is how many unprocessed bytes a peer may pile up while one of
-// its batches is in flight before it is disconnected.
-const FloodLimit = 64 << 10
+// Per-connection byte limits. A peer may leave at most FloodLimit unread
+// bytes while the server is not reading from it (its window is full, or it
+// does not read its answers); the server stops reading a connection whose
+// unsent answers pass OutboundLimit, until its peer reads them.
+const (
+	FloodLimit    = 64 << 10
+	OutboundLimit = 64 << 10
+)
+
+// ErrStoreFailed is returned by Serve when the store failed: the process
+// should exit non-zero so that its supervisor restarts it and recovery runs.
+var ErrStoreFailed = errors.New("store failed")
 
 // Config is the server's configuration.
 type Config struct {
-	Listen        string        // host:port
-	Agencies      int           // agencies the draw waits for
-	DataDir       string        // where bets.csv and its journal live
-	WinningNumber uint16        // a bet wins when its number equals this
-	ReadTimeout   time.Duration // longest wait for a complete frame when one is expected
-	MaxConns      int           // connections beyond this are refused with an ERROR
-	MaxFrame      int           // largest frame accepted, at most frame.MaxSize
-	ShutdownGrace time.Duration // how long a drain waits for connections to finish
-	RetryAfter    time.Duration // hint sent in NOT_READY
-	Logger        *zap.Logger
+	Listen         string             // host:port
+	Agencies       int                // agencies the draw waits for
+	DataDir        string             // where bets.csv and its journal live
+	WinningNumber  uint16             // a bet wins when its number equals this
+	ReadTimeout    time.Duration      // longest wait for a frame, or for a PONG, when one is due
+	HelloTimeout   time.Duration      // a new connection must complete HELLO within this
+	PingInterval   time.Duration      // a waiting agency is PINGed after this much silence
+	MaxPending     int                // connections that have not completed HELLO, at most
+	MaxFrame       int                // largest frame accepted, at most frame.MaxSize
+	Window         int                // most unanswered BETS/FINISHED per connection
+	ShutdownGrace  time.Duration      // how long a drain waits for connections to finish
+	RetryAfter     time.Duration      // hint sent in NOT_READY
+	RebuildJournal bool               // accept a damaged journal, rebuilding it from bets.csv
+	MetricsListen  string             // host:port of the metrics and health HTTP server; "" for none
+	Keys           *secure.KeyStore   // agency keys; nil runs the plaintext protocol (--insecure)
+	SignKey        ed25519.PrivateKey // signs receipts and the commitment; nil leaves them unsigned
+	Logger         *zap.Logger
+	Observer       Observer
+	// StoreSync and Tamper inject faults into the store, for tests.
+	StoreSync func(*os.File) error
+	Tamper    func(agency uint32, first uint64, bets []frame.Bet)
 }
 
 // Server is the gnet event server. Create it with New and run it with Serve.
@@ -57,6 +83,7 @@ type Server struct {
 
 	cfg   Config
 	log   *zap.Logger
+	obs   Observer
 	store *persist.Store
 	hub   *Hub
 
@@ -65,8 +92,13 @@ type Server struct {
 	ready    chan struct{}
 	draining atomic.Bool
 	conns    atomic.Int64
+	pending  atomic.Int64
 	idle     chan struct{} // signalled when the last connection closes while draining
+	refused  refusals
+	tick     atomic.Int64 // unix nanoseconds of the last tick, to tell that the loops run
 
+	pmu    sync.Mutex
+	paused map[*conn]struct{} // connections not read until their peer reads its answers
 }
 
 // New opens (and recovers) the store in cfg.DataDir.
@@ -77,12 +109,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		store: store,
-		hub:   NewHub(store, cfg.Logger),
-		ready: make(chan struct{}),
-		idle:  make(chan struct{}, 1),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		obs:    observerOr(cfg.Observer),
+		store:  store,
+		hub:    NewHub(store, cfg.Logger, cfg.Observer, cfg.SignKey),
+		ready:  make(chan struct{}),
+		idle:   make(chan struct{}, 1),
+		paused: map[*conn]struct{}{},
 	}, nil
 }
 
@@ -95,9 +129,19 @@ func (s *Server) Addr() string { return s.addr }
 // Hub exposes the shared state, for tests and tools.
 func (s *Server) Hub() *Hub { return s.hub }
 
-// Serve runs the event loops until ctx is cancelled, then drains: it refuses
-// new connections, lets in-flight batches finish, closes every connection,
-// stops the engine and closes the store. A clean drain returns nil.
+// Store exposes the store, for health checks and tests.
+func (s *Server) Store() *persist.Store { return s.store }
+
+// Draining reports whether a shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// LastTick is when the event loops last ticked; a stale tick means they are stuck.
+func (s *Server) LastTick() time.Time { return time.Unix(0, s.tick.Load()) }
+
+// Serve runs the event loops until ctx is cancelled or the store fails, then
+// drains: it refuses new connections, lets in-flight batches finish, closes
+// every connection, stops the engine and closes the store. A clean drain
+// after ctx is cancelled returns nil; a failed store returns ErrStoreFailed.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -122,7 +166,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
-		return s.shutdown(errc)
+		return s.shutdown(errc, nil)
+	case <-s.store.Failed():
+		err := fmt.Errorf("%w: %w", ErrStoreFailed, s.store.Err())
+		s.log.Error("store", logging.Fail, zap.Error(err), zap.String("next", "drain and exit so that a restart recovers"))
+		return s.shutdown(errc, err)
 	case err := <-errc:
 		// The engine stopped by itself, its connections with it: only the store is left.
 		if err == nil {
@@ -133,7 +181,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-func (s *Server) shutdown(errc chan error) error {
+func (s *Server) shutdown(errc chan error, cause error) error {
 	s.log.Info("shutdown", logging.InProgress, zap.String("step", "stop_accepting"),
 		zap.Int64("connections", s.conns.Load()))
 	s.draining.Store(true)
@@ -155,6 +203,9 @@ func (s *Server) shutdown(errc chan error) error {
 		timer.Stop()
 	}
 	var errs []error
+	if cause != nil {
+		errs = append(errs, cause)
+	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.eng.Stop(stopCtx); err != nil {
@@ -173,8 +224,10 @@ func (s *Server) shutdown(errc chan error) error {
 // running, and logs how the shutdown went given the earlier errs.
 func (s *Server) closeStore(errs []error) error {
 	s.hub.Close()
-	if err := s.store.Close(); err != nil {
+	if err := s.store.Close(); err != nil && !errors.Is(err, persist.ErrBroken) {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
+	} else if err != nil && len(errs) == 0 {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		s.log.Error("shutdown", logging.Fail, zap.Error(err))
@@ -191,8 +244,13 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	if a, err := boundAddr(eng); err == nil {
 		s.addr = a
 	}
+	s.tick.Store(time.Now().UnixNano())
+	mode := "secure"
+	if s.cfg.Keys == nil {
+		mode = "insecure"
+	}
 	s.log.Info("listen", logging.Success, zap.String("address", s.addr), zap.Int("agencies", s.cfg.Agencies),
-		zap.Int("finished", s.hub.FinishedCount()))
+		zap.Int("finished", s.hub.FinishedCount()), zap.String("mode", mode))
 	close(s.ready)
 	return gnet.None
 }
@@ -217,31 +275,33 @@ func boundAddr(eng gnet.Engine) (string, error) {
 	return "", fmt.Errorf("unexpected socket address %T", sa)
 }
 
-// OnOpen admits a connection, or refuses it with an ERROR while draining or
-// at the connection limit.
+// OnOpen admits a connection into the budget of connections that have not
+// completed HELLO, or refuses it with an ERROR while draining or when that
+// budget is spent. Agencies that have said HELLO do not count against it.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	remote := c.RemoteAddr().String()
 	refuse := func(code frame.Code, reason string) ([]byte, gnet.Action) {
-		s.log.Warn("connection_open", logging.Fail, zap.String("remote", remote), zap.Stringer("code", code))
+		s.refused.add(code)
+		s.obs.ConnectionRefused(code.String())
 		b, _ := frame.Encode(&frame.Error{Code: code, Reason: reason})
 		return b, gnet.Close
 	}
 	if s.draining.Load() {
 		return refuse(frame.CodeShuttingDown, "server is shutting down; retry later")
 	}
-	if s.conns.Add(1) > int64(s.cfg.MaxConns) {
-		s.conns.Add(-1)
-		return refuse(frame.CodeTooManyConns, fmt.Sprintf("server is at its limit of %d connections", s.cfg.MaxConns))
+	if s.pending.Add(1) > int64(s.cfg.MaxPending) {
+		s.pending.Add(-1)
+		return refuse(frame.CodeTooManyConns, fmt.Sprintf("server has %d connections that have not said HELLO yet; retry later",
+			s.cfg.MaxPending))
 	}
-	cs := &conn{
-		srv:    s,
-		c:      c,
-		remote: remote,
-		sess:   NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.cfg.RetryAfter),
-		dec:    frame.Decoder{MaxSize: s.cfg.MaxFrame},
-	}
+	s.conns.Add(1)
+	remote := c.RemoteAddr().String()
+	now := time.Now()
+	cs := &conn{srv: s, c: c, remote: remote, opened: now, pending: true,
+		dec: frame.Decoder{MaxSize: s.cfg.MaxFrame}}
+	cs.sess = NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.obs, s.limits())
+	cs.tr = s.newTransport(cs)
 	c.SetContext(cs)
-	cs.arm(time.Now())
+	cs.rearm(now, false)
 	s.hub.Join(cs)
 	if s.draining.Load() {
 		cs.Deliver(ShuttingDown{}) // the drain's broadcast may have missed this connection
@@ -252,6 +312,11 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	return nil, gnet.None
 }
 
+func (s *Server) limits() Limits {
+	return Limits{Window: s.cfg.Window, MaxFrame: s.cfg.MaxFrame, ReadTimeout: s.cfg.ReadTimeout,
+		PingInterval: s.cfg.PingInterval, RetryAfter: s.cfg.RetryAfter, Secure: s.cfg.Keys != nil}
+}
+
 // OnClose forgets the connection.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	cs, ok := c.Context().(*conn)
@@ -259,16 +324,22 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 		return gnet.None // refused in OnOpen
 	}
 	cs.closed.Store(true)
+	s.unpause(cs)
 	s.hub.Leave(cs, cs.sess.Agency())
+	if cs.pending {
+		s.pending.Add(-1)
+	}
+	state := cs.sess.State()
+	cs.sess.Step(Hangup{})
 	// A peer that leaves mid-frame loses those bytes: say so with a fail line.
 	unread := c.InboundBuffered()
-	dropped := unread > 0 && cs.sess.State() != Closed
+	dropped := unread > 0 && state != Closed
 	result := logging.Success
 	if dropped {
 		result = logging.Fail
 	}
 	fields := []zap.Field{result, zap.Uint32("agency", cs.sess.Agency()), zap.String("remote", cs.remote),
-		zap.Stringer("state", cs.sess.State())}
+		zap.Stringer("state", state)}
 	if dropped {
 		fields = append(fields, zap.Int("unread_bytes", unread))
 	}
@@ -290,8 +361,9 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	return gnet.None
 }
 
-// OnTraffic runs queued events, then decodes frames until the session is
-// busy, the buffer holds no whole frame, or the connection must close.
+// OnTraffic runs queued events, then decodes frames until the session's
+// window is full, its peer stops reading, the buffer holds no whole frame,
+// or the connection must close.
 func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	cs, ok := c.Context().(*conn)
 	if !ok {
@@ -299,67 +371,142 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 	now := time.Now()
 	for _, ev := range cs.takeMailbox() {
-		if _, timeout := ev.(TimedOut); timeout && !cs.expired(now) {
-			continue // a frame arrived after the sweep saw the deadline pass
+		if _, timeout := ev.(TimedOut); timeout {
+			switch {
+			case cs.stuck(now):
+				ev = Flooded{Reason: fmt.Sprintf("did not read %d bytes of answers within %v", c.OutboundBuffered(), s.cfg.ReadTimeout)}
+			case !cs.expired(now):
+				continue // a frame arrived after the sweep saw the deadline pass
+			}
 		}
 		if cs.do(cs.sess.Step(ev)) {
 			return gnet.Close
 		}
 	}
-	for !cs.sess.Busy() && cs.sess.State() != Closed {
-		f, err := cs.dec.Next(c)
+	if ready, closeConn := cs.tr.start(cs, now); closeConn {
+		return gnet.Close
+	} else if !ready {
+		cs.rearm(now, false)
+		return gnet.None
+	}
+	received := false
+	for !cs.sess.Busy() && cs.sess.State() != Closed && c.OutboundBuffered() < OutboundLimit {
+		f, err := cs.dec.Next(cs.tr)
 		if errors.Is(err, frame.ErrIncomplete) {
 			break
 		}
-		cs.disarm()
+		if err != nil && cs.tr.fatal(err) {
+			return cs.closeLost(err)
+		}
+		if agency := cs.tr.proven(); agency != 0 {
+			cs.sess.Step(Authenticated{Agency: agency})
+		}
+		received = true
 		if cs.do(cs.sess.Step(Received{Frame: f, Err: err})) {
 			return gnet.Close
 		}
 	}
-	if cs.sess.Busy() && c.InboundBuffered() > FloodLimit {
-		cs.do(cs.sess.Step(Flooded{Buffered: c.InboundBuffered()}))
+	if c.OutboundBuffered() >= OutboundLimit {
+		s.pause(cs, now)
+	} else {
+		s.unpause(cs)
+	}
+	if unread := c.InboundBuffered(); unread > FloodLimit && (cs.sess.Busy() || cs.stalled.Load() != 0) {
+		cs.do(cs.sess.Step(Flooded{Reason: fmt.Sprintf("%d unread bytes piled up while the server was not reading", unread)}))
 		return gnet.Close
 	}
-	switch {
-	case cs.sess.Busy():
-		cs.disarm()
-	case cs.sess.ExpectsInput() || c.InboundBuffered() > 0:
-		cs.armIfIdle(now)
-	default:
-		cs.disarm()
-	}
+	cs.rearm(now, received)
 	return gnet.None
 }
 
-// OnTick sweeps for connections whose read deadline has passed.
+// pause stops reading cs until its peer reads its answers; the tick wakes it
+// to look again, and it is cut off if it stays stuck past the read timeout.
+func (s *Server) pause(cs *conn, now time.Time) {
+	if cs.stalled.CompareAndSwap(0, now.UnixNano()) {
+		s.pmu.Lock()
+		s.paused[cs] = struct{}{}
+		s.pmu.Unlock()
+	}
+}
+
+func (s *Server) unpause(cs *conn) {
+	if cs.stalled.Swap(0) != 0 {
+		s.pmu.Lock()
+		delete(s.paused, cs)
+		s.pmu.Unlock()
+	}
+}
+
+// OnTick wakes paused connections to see whether their peers have read,
+// sweeps for connections whose deadline has passed, and logs refused
+// connections as one summary line per code.
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	now := time.Now()
+	s.tick.Store(now.UnixNano())
+	s.pmu.Lock()
+	for cs := range s.paused {
+		_ = cs.c.Wake(nil)
+	}
+	s.pmu.Unlock()
 	for _, p := range s.hub.Peers() {
-		if cs, ok := p.(*conn); ok && cs.expired(now) {
+		if cs, ok := p.(*conn); ok && (cs.expired(now) || cs.stuck(now)) {
 			cs.Deliver(TimedOut{}) // the loop checks the deadline again before acting
 		}
 	}
-	tick := s.cfg.ReadTimeout / 4
-	if tick > time.Second {
-		tick = time.Second
-	}
-	return tick, gnet.None
+	s.refused.report(s.log, now)
+	return min(100*time.Millisecond, s.cfg.ReadTimeout/4, s.cfg.HelloTimeout/4), gnet.None
 }
 
-// conn is a connection's context: its session, its decoder, and a mailbox
-// through which other goroutines hand it events.
+// refusals counts refused connections per code between summary lines.
+type refusals struct {
+	counts [frame.CodeHandshake + 1]atomic.Int64
+	last   time.Time // event loop of the ticker only
+}
+
+func (r *refusals) add(code frame.Code) {
+	if int(code) < len(r.counts) {
+		r.counts[code].Add(1)
+	}
+}
+
+// report logs, at most once a second, how many connections were refused
+// since the last report, one line per code.
+func (r *refusals) report(log *zap.Logger, now time.Time) {
+	if now.Sub(r.last) < time.Second {
+		return
+	}
+	elapsed := now.Sub(r.last)
+	if r.last.IsZero() {
+		elapsed = time.Second
+	}
+	r.last = now
+	for code := range r.counts {
+		if n := r.counts[code].Swap(0); n > 0 {
+			log.Warn("connection_refused", logging.Fail, zap.Stringer("code", frame.Code(code)), zap.Int64("count", n),
+				zap.Float64("per_second", float64(n)/elapsed.Seconds()))
+		}
+	}
+}
+
+// conn is a connection's context: its session, its transport, its decoder,
+// and a mailbox through which other goroutines hand it events.
 type conn struct {
-	srv    *Server
-	c      gnet.Conn
-	remote string
-	sess   *Session
-	dec    frame.Decoder
-	out    []byte
+	srv     *Server
+	c       gnet.Conn
+	remote  string
+	opened  time.Time
+	sess    *Session
+	tr      transport
+	dec     frame.Decoder
+	out     []byte
+	pending bool // counted in the server's budget of connections before HELLO
+	wait    Wait // what the deadline was armed for
 
 	mu      sync.Mutex
 	mailbox []Event
 
-	deadline atomic.Int64 // unix nanoseconds; 0 when no frame is awaited
+	deadline atomic.Int64 // unix nanoseconds; 0 when none
+	stalled  atomic.Int64 // unix nanoseconds since the peer stopped reading its answers; 0 when it reads
 	closed   atomic.Bool
 }
 
@@ -386,31 +533,64 @@ func (cs *conn) takeMailbox() []Event {
 // do carries out a session's output on the event loop and reports whether
 // the connection must close.
 func (cs *conn) do(out Output) bool {
-	wire, closing, err := cs.srv.hub.Carry(cs, cs.sess, out, cs.out[:0])
-	cs.out = wire
+	wire, closing, err := cs.srv.hub.Carry(cs, cs.sess, out, cs.out[:0], cs.tr.appendFrame)
+	if cs.pending && cs.sess.Agency() != 0 && cs.sess.State() != Closed {
+		cs.pending = false // an agency now: it no longer counts against the budget before HELLO
+		cs.srv.pending.Add(-1)
+	}
 	if len(wire) > 0 {
 		if _, werr := cs.c.Write(wire); werr != nil {
 			return true
 		}
 	}
+	if cap(wire) > 4<<10 {
+		wire = nil // do not keep a large buffer for a connection that is mostly idle
+	}
+	cs.out = wire[:0]
 	return closing || err != nil
 }
 
-func (cs *conn) arm(now time.Time) {
-	cs.deadline.Store(now.Add(cs.srv.cfg.ReadTimeout).UnixNano())
-}
-
-func (cs *conn) armIfIdle(now time.Time) {
-	if cs.deadline.Load() == 0 {
-		cs.arm(now)
+// rearm sets the deadline for what the session waits for.
+func (cs *conn) rearm(now time.Time, received bool) {
+	cfg := &cs.srv.cfg
+	w := cs.sess.Wait()
+	changed := w != cs.wait
+	cs.wait = w
+	var at time.Time
+	switch w {
+	case WaitNone:
+		cs.deadline.Store(0)
+		return
+	case WaitHello:
+		at = cs.opened.Add(cfg.HelloTimeout) // frames before HELLO (PINGs) do not extend it
+	case WaitFrame:
+		if !received && !changed && cs.deadline.Load() != 0 {
+			return
+		}
+		at = now.Add(cfg.ReadTimeout)
+	case WaitIdle:
+		if !received && !changed && cs.deadline.Load() != 0 {
+			return
+		}
+		at = now.Add(cfg.PingInterval)
+	case WaitPong:
+		if !changed && cs.deadline.Load() != 0 {
+			return
+		}
+		at = now.Add(cfg.ReadTimeout)
 	}
+	cs.deadline.Store(at.UnixNano())
 }
-
-func (cs *conn) disarm() { cs.deadline.Store(0) }
 
 func (cs *conn) expired(now time.Time) bool {
 	d := cs.deadline.Load()
 	return d != 0 && now.UnixNano() > d
+}
+
+// stuck reports whether the peer has not read its answers for the read timeout.
+func (cs *conn) stuck(now time.Time) bool {
+	since := cs.stalled.Load()
+	return since != 0 && now.UnixNano() > since+int64(cs.srv.cfg.ReadTimeout)
 }
 
 // gnetLogger sends gnet's own messages through zap as action lines.

@@ -1,6 +1,7 @@
 package eventserver
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -18,8 +19,8 @@ type State uint8
 // Session states.
 const (
 	AwaitingHello State = iota // connected, no HELLO yet
-	Uploading                  // HELLO done; BETS and FINISHED accepted
-	Waiting                    // this session's FINISHED is on record; the draw is pending
+	Uploading                  // HELLO done, the agency's FINISHED is not on record
+	Waiting                    // the agency's FINISHED is on record; the draw is pending
 	WinnersSent                // the agency has its winners
 	Closed                     // an ERROR was sent or the connection is closing
 )
@@ -33,13 +34,25 @@ func (s State) String() string {
 	return fmt.Sprintf("state_%d", uint8(s))
 }
 
+// gauge is the state's label in the connections gauge; closed is not counted.
+func (s State) gauge() string {
+	if s >= Closed {
+		return ""
+	}
+	return stateNames[s]
+}
+
 // View is what a session reads of the server-wide state.
 type View interface {
 	Agencies() int
-	Status(agency uint32) (held uint64, finished bool)
-	// Winners returns the agency's winning documents once the draw is done.
-	Winners(agency uint32) (documents []string, drawn bool)
+	// Status is the agency's durable progress.
+	Status(agency uint32) (held uint64, finished bool, chain frame.Hash)
 	FinishedCount() int
+	// Receipt is the signed receipt of an agency that finished with bets.
+	Receipt(agency uint32, bets uint64, chain frame.Hash) *frame.Receipt
+	// Winners returns the agency's winning documents and the commitment
+	// (with the agency's proof) once the draw is done.
+	Winners(agency uint32) (documents []string, commitment *frame.Commitment, drawn bool)
 }
 
 // Event is an input to Session.Step.
@@ -51,8 +64,11 @@ type Received struct {
 	Err   error
 }
 
-// Stored is the store's answer to the request the session emitted.
+// Stored is the store's answer to the oldest request the session emitted.
 type Stored struct{ Result persist.Result }
+
+// SubmitFailed says the store refused a request the session emitted.
+type SubmitFailed struct{ Err error }
 
 // Drawn says the draw has happened.
 type Drawn struct{}
@@ -60,50 +76,142 @@ type Drawn struct{}
 // Replaced says a newer connection took over the session's agency.
 type Replaced struct{}
 
-// TimedOut says no complete frame arrived within the read timeout.
+// TimedOut says the deadline the session asked for (Session.Wait) passed.
 type TimedOut struct{}
 
-// Flooded says the peer sent too much while a batch was in flight.
-type Flooded struct{ Buffered int }
+// Flooded says the peer sent too much without reading, or stopped reading.
+type Flooded struct{ Reason string }
 
 // ShuttingDown asks the session to finish what is in flight and close.
 type ShuttingDown struct{}
 
-func (Received) event()     {}
-func (Stored) event()       {}
-func (Drawn) event()        {}
-func (Replaced) event()     {}
-func (TimedOut) event()     {}
-func (Flooded) event()      {}
-func (ShuttingDown) event() {}
+// Authenticated says the transport has proven the peer holds agency's key.
+type Authenticated struct{ Agency uint32 }
+
+// Plaintext says the peer of a secured server speaks without encryption:
+// it may only PING.
+type Plaintext struct{}
+
+// Hangup says the connection is gone.
+type Hangup struct{}
+
+// Refused says the transport turned the peer away before any frame.
+type Refused struct {
+	Code   frame.Code
+	Reason string
+}
+
+func (Received) event()      {}
+func (Stored) event()        {}
+func (SubmitFailed) event()  {}
+func (Drawn) event()         {}
+func (Replaced) event()      {}
+func (TimedOut) event()      {}
+func (Flooded) event()       {}
+func (ShuttingDown) event()  {}
+func (Authenticated) event() {}
+func (Plaintext) event()     {}
+func (Hangup) event()        {}
+func (Refused) event()       {}
 
 // Output is what the caller must do after a step, in this order: register
 // the agency, submit the request, send the frames, then close if asked.
 type Output struct {
 	Register uint32           // nonzero: this connection now speaks for the agency
-	Request  *persist.Request // to submit to the store; its result comes back as Stored
+	Request  *persist.Request // to submit; its result comes back as Stored
 	Send     []frame.Frame
 	Close    bool
+}
+
+// Wait is what a session waits for from its peer, which decides the
+// deadline its connection arms.
+type Wait uint8
+
+// Kinds of Wait.
+const (
+	WaitNone  Wait = iota // the server owes answers, or the session is over
+	WaitHello             // HELLO, within the hello timeout counted from the connection's start
+	WaitFrame             // the next frame, within the read timeout counted from the last one
+	WaitIdle              // nothing: an agency waiting for the draw; PING it after the ping interval
+	WaitPong              // a PONG to the server's PING, within the read timeout
+)
+
+// Limits are the session's settings; WELCOME tells the agency most of them.
+type Limits struct {
+	Window       int           // most requests (BETS, FINISHED) unanswered at once
+	MaxFrame     int           // largest frame accepted
+	ReadTimeout  time.Duration // see Wait
+	PingInterval time.Duration // see Wait
+	RetryAfter   time.Duration // hint sent in NOT_READY
+	Secure       bool          // HELLO must match the agency proven by the transport
+}
+
+// Observer is told what sessions do, for metrics; calls must not block.
+type Observer interface {
+	Batch(result string, bets int)
+	FrameRejected(code frame.Code)
+	ErrorSent(code frame.Code)
+	ConnectionMoved(from, to string)
+	ConnectionRefused(reason string)
+	Handshake(ok bool, took time.Duration)
+	AgenciesFinished(n int)
+	Drawn(took time.Duration)
+	WinnersSent(documents int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Batch(string, int)              {}
+func (nopObserver) FrameRejected(frame.Code)       {}
+func (nopObserver) ErrorSent(frame.Code)           {}
+func (nopObserver) ConnectionMoved(string, string) {}
+func (nopObserver) ConnectionRefused(string)       {}
+func (nopObserver) Handshake(bool, time.Duration)  {}
+func (nopObserver) AgenciesFinished(int)           {}
+func (nopObserver) Drawn(time.Duration)            {}
+func (nopObserver) WinnersSent(int)                {}
+
+// observerOr is o, or an observer that does nothing when o is nil.
+func observerOr(o Observer) Observer {
+	if o == nil {
+		return nopObserver{}
+	}
+	return o
+}
+
+// slot is one frame in the window, answered in the order received: a
+// request waiting for the store, or a frame handled when it reaches the front.
+type slot struct {
+	req   *persist.Request
+	frame frame.Frame
+	send  []frame.Frame // an answer ready before the slot reaches the front (a REJECT)
 }
 
 // Session is the per-connection protocol state machine. It does no I/O: the
 // caller feeds it events and carries out its outputs.
 type Session struct {
-	view       View
-	log        *zap.Logger
-	retryAfter time.Duration
+	view   View
+	log    *zap.Logger
+	obs    Observer
+	limits Limits
 
 	state      State
 	agency     uint32
-	inflight   *persist.Request // at most one batch or FINISHED at a time
-	subscribed bool             // asked for winners before the draw: push them
-	draining   bool             // close once the in-flight request is answered
+	identity   uint32 // the agency the transport proved, 0 when none
+	pingOnly   bool   // a plaintext peer of a secured server
+	ring       []slot // answers owed, oldest first; at most Window
+	subscribed bool   // asked for winners before the draw: push them
+	draining   bool   // close once every owed answer is sent
+	pinged     bool   // a liveness PING is unanswered
+	pings      uint64
 }
 
-// NewSession returns a session awaiting HELLO. retryAfter is the hint sent
-// in NOT_READY.
-func NewSession(view View, log *zap.Logger, retryAfter time.Duration) *Session {
-	return &Session{view: view, log: log, retryAfter: retryAfter}
+// NewSession returns a session awaiting HELLO.
+func NewSession(view View, log *zap.Logger, obs Observer, limits Limits) *Session {
+	s := &Session{view: view, log: log, obs: observerOr(obs), limits: limits}
+	s.limits.Window = max(s.limits.Window, 1)
+	s.obs.ConnectionMoved("", AwaitingHello.gauge())
+	return s
 }
 
 // State is the session's current state.
@@ -112,14 +220,30 @@ func (s *Session) State() State { return s.state }
 // Agency is the agency named in HELLO, or 0 before it.
 func (s *Session) Agency() uint32 { return s.agency }
 
-// Busy reports whether a request is in flight; while it is, the caller must
-// not feed the session further frames (they wait in the connection buffer).
-func (s *Session) Busy() bool { return s.inflight != nil }
+// Busy reports whether the window is full; while it is, the caller must not
+// feed the session further frames (they wait in the connection buffer).
+func (s *Session) Busy() bool { return len(s.ring) >= s.limits.Window }
 
-// ExpectsInput reports whether the session is waiting for the peer to send a
-// frame, which is when a read timeout applies.
-func (s *Session) ExpectsInput() bool {
-	return s.inflight == nil && (s.state == AwaitingHello || s.state == Uploading)
+// Wait says what the session waits for from its peer.
+func (s *Session) Wait() Wait {
+	switch {
+	case s.state == Closed || len(s.ring) > 0:
+		return WaitNone
+	case s.state == AwaitingHello:
+		return WaitHello
+	case s.pinged:
+		return WaitPong
+	case s.state == Waiting:
+		return WaitIdle
+	}
+	return WaitFrame
+}
+
+func (s *Session) become(st State) {
+	if st != s.state {
+		s.obs.ConnectionMoved(s.state.gauge(), st.gauge())
+		s.state = st
+	}
 }
 
 // Step applies one event and returns what to do about it.
@@ -129,43 +253,72 @@ func (s *Session) Step(ev Event) Output {
 	}
 	switch ev := ev.(type) {
 	case Received:
-		if s.inflight != nil {
-			return s.fail(frame.CodeUnexpected, "frame received while a batch is in flight")
-		}
 		return s.receive(ev.Frame, ev.Err)
 	case Stored:
 		return s.stored(ev.Result)
+	case SubmitFailed:
+		return s.fail(storeCode(ev.Err), "request not queued: "+ev.Err.Error())
 	case Drawn:
-		if s.subscribed && (s.state == Uploading || s.state == Waiting) && s.inflight == nil {
-			return s.winnersOrNotReady()
+		if s.subscribed && len(s.ring) == 0 {
+			return Output{Send: s.winnersOrNotReady(nil)}
 		}
 		return Output{}
 	case Replaced:
 		s.log.Warn("connection_replaced", logging.Success, zap.Uint32("agency", s.agency))
 		return s.fail(frame.CodeReplaced, "a newer connection for this agency took over")
 	case TimedOut:
-		return s.fail(frame.CodeTimeout, "no complete frame within the read timeout")
+		return s.timedOut()
 	case Flooded:
-		return s.fail(frame.CodeFlood, fmt.Sprintf("%d bytes sent while a batch was in flight", ev.Buffered))
+		return s.fail(frame.CodeFlood, ev.Reason)
 	case ShuttingDown:
-		if s.inflight != nil {
+		if len(s.ring) > 0 {
 			s.draining = true
 			return Output{}
 		}
 		return s.fail(frame.CodeShuttingDown, "server is shutting down; retry later")
+	case Authenticated:
+		s.identity = ev.Agency
+		return Output{}
+	case Plaintext:
+		s.pingOnly = true
+		return Output{}
+	case Hangup:
+		s.become(Closed)
+		return Output{}
+	case Refused:
+		return s.fail(ev.Code, ev.Reason)
 	}
 	panic(fmt.Sprintf("eventserver: unknown event %T", ev))
+}
+
+func (s *Session) timedOut() Output {
+	switch s.Wait() {
+	case WaitHello:
+		return s.fail(frame.CodeTimeout, "no HELLO within the hello timeout")
+	case WaitFrame:
+		if s.state == WinnersSent {
+			s.log.Debug("session_idle", logging.Success, zap.Uint32("agency", s.agency))
+			s.become(Closed) // done: the agency should have hung up
+			return Output{Close: true}
+		}
+		return s.fail(frame.CodeTimeout, "no complete frame within the read timeout")
+	case WaitIdle:
+		s.pinged, s.pings = true, s.pings+1
+		return Output{Send: []frame.Frame{&frame.Ping{Payload: binary.BigEndian.AppendUint64(nil, s.pings)}}}
+	case WaitPong:
+		return s.fail(frame.CodeTimeout, "no PONG to the server's PING within the read timeout")
+	}
+	return Output{}
 }
 
 func (s *Session) receive(f frame.Frame, err error) Output {
 	if err != nil {
 		var fe *frame.FieldError
-		if bets, ok := f.(*frame.Bets); ok && errors.As(err, &fe) && s.state == Uploading {
+		if bets, ok := f.(*frame.Bets); ok && errors.As(err, &fe) && s.state != AwaitingHello && !s.pingOnly {
 			s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", len(bets.Bets)),
 				zap.Uint32("agency", s.agency), zap.Error(err))
-			return Output{Send: []frame.Frame{&frame.Reject{
-				Code: frame.CodeInvalidBet, Index: bets.First + uint64(fe.Bet), Reason: err.Error(),
-			}}}
+			s.obs.Batch("rejected", len(bets.Bets))
+			return s.enqueue(slot{send: s.reject(frame.CodeInvalidBet, bets.First+uint64(fe.Bet), err.Error())})
 		}
 		if f != nil {
 			// A BETS with a bad bet where no BETS is allowed: the state is the problem.
@@ -173,34 +326,96 @@ func (s *Session) receive(f frame.Frame, err error) Output {
 		}
 		return s.fail(decodeCode(err), err.Error())
 	}
-	if p, ok := f.(*frame.Ping); ok {
-		return Output{Send: []frame.Frame{&frame.Pong{Payload: p.Payload}}}
+	switch f := f.(type) {
+	case *frame.Pong:
+		s.pinged = false // any PONG shows the peer is alive; unsolicited ones are ignored
+		return Output{}
+	case *frame.Ping:
+		return s.enqueue(slot{frame: f})
 	}
-	switch s.state {
-	case AwaitingHello:
+	if s.pingOnly {
+		return s.fail(frame.CodeSecureRequired, fmt.Sprintf("%s sent without encryption; this server only "+
+			"accepts agencies with keys (give the agency --key and --server-pub)", f.Type()))
+	}
+	if s.state == AwaitingHello {
 		if h, ok := f.(*frame.Hello); ok {
 			return s.hello(h)
 		}
 		return s.fail(frame.CodeUnexpected, f.Type().String()+" before HELLO")
-	case Uploading:
-		switch f := f.(type) {
-		case *frame.Bets:
-			return s.bets(f)
-		case *frame.Finished:
-			s.inflight = &persist.Request{Agency: s.agency, Finish: true, Total: f.Total}
-			return Output{Request: s.inflight}
-		case *frame.QueryWinners:
-			return s.winnersOrNotReady()
+	}
+	switch f := f.(type) {
+	case *frame.Bets:
+		if len(f.Bets) == 0 {
+			s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", 0), zap.Uint32("agency", s.agency),
+				zap.String("error", "empty batch"))
+			s.obs.Batch("rejected", 0)
+			return s.enqueue(slot{send: s.reject(frame.CodeMalformed, f.First, "batch has no bets")})
 		}
-	case Waiting, WinnersSent:
-		switch f.(type) {
-		case *frame.QueryWinners:
-			return s.winnersOrNotReady()
-		case *frame.Finished:
-			return s.fail(frame.CodeAlreadyFinished, "FINISHED sent twice in one session")
-		}
+		return s.enqueue(slot{req: &persist.Request{Agency: s.agency, First: f.First, Bets: f.Bets}})
+	case *frame.Finished:
+		return s.enqueue(slot{req: &persist.Request{Agency: s.agency, Finish: true, Total: f.Total}})
+	case *frame.QueryWinners:
+		return s.enqueue(slot{frame: f})
 	}
 	return s.fail(frame.CodeUnexpected, fmt.Sprintf("%s not allowed while %s", f.Type(), s.state))
+}
+
+// enqueue puts sl at the back of the window and answers what is ready at
+// its front.
+func (s *Session) enqueue(sl slot) Output {
+	s.ring = append(s.ring, sl)
+	out := s.flush()
+	if sl.req != nil {
+		out.Request = sl.req
+	}
+	return out
+}
+
+// flush answers the slots at the front of the window that need no store.
+func (s *Session) flush() Output {
+	var out Output
+	for len(s.ring) > 0 && s.ring[0].req == nil {
+		sl := s.ring[0]
+		s.pop()
+		if sl.frame != nil {
+			out.Send = append(out.Send, s.handle(sl.frame)...)
+		} else {
+			out.Send = append(out.Send, sl.send...)
+		}
+	}
+	if len(s.ring) == 0 {
+		if s.subscribed && s.state != WinnersSent {
+			if _, _, drawn := s.view.Winners(s.agency); drawn {
+				out.Send = append(out.Send, s.winnersOrNotReady(nil)...) // the draw came while answers were owed
+			}
+		}
+		if s.draining {
+			closing := s.fail(frame.CodeShuttingDown, "server is shutting down; retry later")
+			out.Send = append(out.Send, closing.Send...)
+			out.Close = true
+		}
+	}
+	return out
+}
+
+func (s *Session) pop() {
+	s.ring[0] = slot{}
+	s.ring = s.ring[1:]
+	if len(s.ring) == 0 {
+		s.ring = s.ring[:0:0] // let go of the backing array while idle
+	}
+}
+
+// handle answers a frame that needs no store, once the answers owed before
+// it are sent.
+func (s *Session) handle(f frame.Frame) []frame.Frame {
+	switch f := f.(type) {
+	case *frame.Ping:
+		return []frame.Frame{&frame.Pong{Payload: f.Payload}}
+	case *frame.QueryWinners:
+		return s.winnersOrNotReady(nil)
+	}
+	panic(fmt.Sprintf("eventserver: no handler for deferred %T", f))
 }
 
 func (s *Session) hello(h *frame.Hello) Output {
@@ -209,46 +424,44 @@ func (s *Session) hello(h *frame.Hello) Output {
 		s.log.Warn("hello", logging.Fail, zap.Uint32("agency", h.Agency), zap.Int("agencies", n))
 		return s.fail(frame.CodeUnknownAgency, fmt.Sprintf("agency %d is outside 1..%d", h.Agency, n))
 	}
-	s.agency, s.state = h.Agency, Uploading
-	held, finished := s.view.Status(h.Agency)
+	if s.limits.Secure && h.Agency != s.identity {
+		s.log.Warn("hello", logging.Fail, zap.Uint32("agency", h.Agency), zap.Uint32("key_agency", s.identity))
+		return s.fail(frame.CodeWrongAgency, fmt.Sprintf("HELLO names agency %d but the connection's key is agency %d's",
+			h.Agency, s.identity))
+	}
+	s.agency = h.Agency
+	held, finished, chain := s.view.Status(h.Agency)
+	if finished {
+		s.become(Waiting)
+	} else {
+		s.become(Uploading)
+	}
 	s.log.Info("hello", logging.Success, zap.Uint32("agency", h.Agency), zap.Uint64("held", held),
 		zap.Bool("finished", finished))
-	return Output{Register: h.Agency, Send: []frame.Frame{&frame.Welcome{Held: held, Finished: finished}}}
-}
-
-func (s *Session) bets(f *frame.Bets) Output {
-	if len(f.Bets) == 0 {
-		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", 0), zap.Uint32("agency", s.agency),
-			zap.String("error", "empty batch"))
-		return Output{Send: []frame.Frame{&frame.Reject{Code: frame.CodeMalformed, Index: f.First, Reason: "batch has no bets"}}}
-	}
-	s.inflight = &persist.Request{Agency: s.agency, First: f.First, Bets: f.Bets}
-	return Output{Request: s.inflight}
+	return Output{Register: h.Agency, Send: []frame.Frame{&frame.Welcome{
+		Held: held, Finished: finished, Window: uint16(min(s.limits.Window, 0xFFFF)),
+		MaxFrame: uint16(s.limits.MaxFrame), ReadTimeout: s.limits.ReadTimeout, PingInterval: s.limits.PingInterval,
+		Chain: chain,
+	}}}
 }
 
 func (s *Session) stored(r persist.Result) Output {
-	req := s.inflight
-	if req == nil {
-		return Output{} // answer for a request this session no longer waits for
+	if len(s.ring) == 0 || s.ring[0].req == nil {
+		panic("eventserver: a store answer with no request waiting for it")
 	}
-	s.inflight = nil
-	var out Output
+	req := s.ring[0].req
+	s.pop()
+	var answer Output
 	if req.Finish {
-		out = s.finished(r)
+		answer = s.finished(req, r)
 	} else {
-		out = s.batchStored(req, r)
+		answer = s.batchStored(req, r)
 	}
-	if s.subscribed && !out.Close && s.state != WinnersSent {
-		if _, drawn := s.view.Winners(s.agency); drawn {
-			// The draw's push came while this request was in flight.
-			out.Send = append(out.Send, s.winnersOrNotReady().Send...)
-		}
+	if answer.Close {
+		return answer
 	}
-	if s.draining && !out.Close {
-		closing := s.fail(frame.CodeShuttingDown, "server is shutting down; retry later")
-		out.Send = append(out.Send, closing.Send...)
-		out.Close = true
-	}
+	out := s.flush()
+	out.Send = append(answer.Send, out.Send...)
 	return out
 }
 
@@ -256,6 +469,11 @@ func (s *Session) batchStored(req *persist.Request, r persist.Result) Output {
 	n := len(req.Bets)
 	switch {
 	case r.Err == nil:
+		result := "stored"
+		if r.Stored == 0 {
+			result = "replay"
+		}
+		s.obs.Batch(result, n)
 		s.log.Info("apuesta_recibida", logging.Success, zap.Int("cantidad", n),
 			zap.Uint32("agency", s.agency), zap.Int("stored", r.Stored))
 		if ce := s.log.Check(zap.DebugLevel, "apuesta_almacenada"); ce != nil {
@@ -264,56 +482,76 @@ func (s *Session) batchStored(req *persist.Request, r persist.Result) Output {
 					zap.Uint16("numero", b.Number))
 			}
 		}
-		return Output{Send: []frame.Frame{&frame.Ack{First: req.First, Count: uint16(n)}}}
+		return Output{Send: []frame.Frame{&frame.Ack{First: req.First, Count: uint16(n), Held: r.Held, Chain: r.Chain}}}
 	case errors.Is(r.Err, persist.ErrIndexGap):
+		s.obs.Batch("rejected", n)
 		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))
-		return Output{Send: []frame.Frame{&frame.Reject{Code: frame.CodeIndexGap, Index: r.Held, Reason: r.Err.Error()}}}
+		return Output{Send: s.reject(frame.CodeIndexGap, r.Held, r.Err.Error())}
 	case errors.Is(r.Err, persist.ErrAlreadyFinished):
+		s.obs.Batch("rejected", n)
 		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))
-		return Output{Send: []frame.Frame{&frame.Reject{Code: frame.CodeAlreadyFinished, Index: r.Held, Reason: r.Err.Error()}}}
+		return Output{Send: s.reject(frame.CodeAlreadyFinished, r.Held, r.Err.Error())}
 	}
 	s.log.Error("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))
 	return s.fail(storeCode(r.Err), "bets not stored: "+r.Err.Error())
 }
 
-func (s *Session) finished(r persist.Result) Output {
+func (s *Session) reject(code frame.Code, index uint64, reason string) []frame.Frame {
+	s.obs.FrameRejected(code)
+	return []frame.Frame{&frame.Reject{Code: code, Index: index, Reason: reason}}
+}
+
+func (s *Session) finished(req *persist.Request, r persist.Result) Output {
 	if r.Err != nil { // the hub logs agency_finished, in the store's order
 		if errors.Is(r.Err, persist.ErrTotalMismatch) {
 			return s.fail(frame.CodeTotalMismatch, r.Err.Error())
 		}
 		return s.fail(storeCode(r.Err), "FINISHED not recorded: "+r.Err.Error())
 	}
-	s.state = Waiting
-	return s.winnersOrNotReady()
+	if s.state == Uploading {
+		s.become(Waiting)
+	}
+	receipt := s.view.Receipt(s.agency, req.Total, r.Chain)
+	return Output{Send: s.winnersOrNotReady(receipt)}
 }
 
-// winnersOrNotReady answers a request for winners: the documents once the
-// draw is done, NOT_READY (and a push later) before it.
-func (s *Session) winnersOrNotReady() Output {
-	docs, drawn := s.view.Winners(s.agency)
+// winnersOrNotReady answers a request for winners, after first if given:
+// the commitment and the documents once the draw is done, NOT_READY (and a
+// push later) before it.
+func (s *Session) winnersOrNotReady(first frame.Frame) []frame.Frame {
+	var send []frame.Frame
+	if first != nil {
+		send = append(send, first)
+	}
+	docs, commitment, drawn := s.view.Winners(s.agency)
 	if !drawn {
 		s.subscribed = true
-		return Output{Send: []frame.Frame{&frame.NotReady{
-			RetryAfter: s.retryAfter,
+		return append(send, &frame.NotReady{
+			RetryAfter: s.limits.RetryAfter,
 			Finished:   uint32(s.view.FinishedCount()),
 			Agencies:   uint32(s.view.Agencies()),
-		}}}
+		})
 	}
-	s.state, s.subscribed = WinnersSent, false
-	chunks := frame.WinnersFrames(docs)
-	out := Output{Send: make([]frame.Frame, len(chunks))}
-	for i, c := range chunks {
-		out.Send[i] = c
+	s.subscribed = false
+	if s.state == Uploading || s.state == Waiting {
+		s.become(WinnersSent)
 	}
+	send = append(send, commitment)
+	for _, c := range frame.WinnersFrames(docs) {
+		send = append(send, c)
+	}
+	s.obs.WinnersSent(len(docs))
 	s.log.Info("winners_sent", logging.Success, zap.Uint32("agency", s.agency), zap.Int("cant_ganadores", len(docs)))
-	return out
+	return send
 }
 
 // fail ends the session with an ERROR frame.
 func (s *Session) fail(code frame.Code, reason string) Output {
 	s.log.Warn("session_error", logging.Fail, zap.Uint32("agency", s.agency), zap.Stringer("state", s.state),
 		zap.Stringer("code", code), zap.String("reason", reason))
-	s.state = Closed
+	s.obs.ErrorSent(code)
+	s.become(Closed)
+	s.ring = nil
 	return Output{Send: []frame.Frame{&frame.Error{Code: code, Reason: reason}}, Close: true}
 }
 
@@ -330,10 +568,7 @@ func decodeCode(err error) frame.Code {
 }
 
 func storeCode(err error) frame.Code {
-	switch {
-	case errors.Is(err, persist.ErrBusy):
-		return frame.CodeBusy
-	case errors.Is(err, persist.ErrClosed):
+	if errors.Is(err, persist.ErrClosed) {
 		return frame.CodeShuttingDown
 	}
 	return frame.CodeStorage

@@ -31,11 +31,12 @@ func Parse(t Type, payload []byte, today Date) (Frame, error) {
 	case TypeHello:
 		f = &Hello{Agency: r.u32()}
 	case TypeWelcome:
-		f = &Welcome{Held: r.u64(), Finished: r.flag()}
+		f = &Welcome{Held: r.u64(), Finished: r.flag(), Window: r.u16(), MaxFrame: r.u16(),
+			ReadTimeout: r.millis(), PingInterval: r.millis(), Chain: r.hash()}
 	case TypeBets:
 		return parseBets(&r, today)
 	case TypeAck:
-		f = &Ack{First: r.u64(), Count: r.u16()}
+		f = &Ack{First: r.u64(), Count: r.u16(), Held: r.u64(), Chain: r.hash()}
 	case TypeReject:
 		f = &Reject{Code: Code(r.u16()), Index: r.u64(), Reason: r.reason()}
 	case TypeFinished:
@@ -45,17 +46,26 @@ func Parse(t Type, payload []byte, today Date) (Frame, error) {
 	case TypeWinners:
 		return parseWinners(&r)
 	case TypeNotReady:
-		f = &NotReady{
-			RetryAfter: time.Duration(r.u32()) * time.Millisecond,
-			Finished:   r.u32(),
-			Agencies:   r.u32(),
-		}
+		f = &NotReady{RetryAfter: r.millis(), Finished: r.u32(), Agencies: r.u32()}
 	case TypePing:
 		f = &Ping{Payload: r.rest()}
 	case TypePong:
 		f = &Pong{Payload: r.rest()}
 	case TypeError:
 		f = &Error{Code: Code(r.u16()), Reason: r.reason()}
+	case TypeReceipt:
+		f = &Receipt{Lottery: r.hash(), Agency: r.u32(), Bets: r.u64(), Chain: r.hash(), Signature: r.signature()}
+	case TypeCommitment:
+		c := &Commitment{Lottery: r.hash(), Agencies: r.u32(), Root: r.hash(), Signature: r.signature()}
+		if n := r.u8(); n > MaxProof && r.err == nil {
+			r.err = fmt.Errorf("proof of %d hashes, at most %d", n, MaxProof)
+		} else {
+			c.Proof = make([]Hash, 0, n)
+			for range n {
+				c.Proof = append(c.Proof, r.hash())
+			}
+		}
+		f = c
 	default:
 		return nil, fmt.Errorf("%w 0x%02X", ErrUnknownType, uint8(t))
 	}
@@ -150,6 +160,29 @@ func (r *reader) take(n int) []byte {
 	b := r.buf[r.off : r.off+n]
 	r.off += n
 	return b
+}
+
+func (r *reader) u8() uint8 {
+	if b := r.take(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) millis() time.Duration { return time.Duration(r.u32()) * time.Millisecond }
+
+func (r *reader) hash() (h Hash) {
+	if b := r.take(HashSize); b != nil {
+		copy(h[:], b)
+	}
+	return h
+}
+
+func (r *reader) signature() (s Signature) {
+	if b := r.take(SignatureSize); b != nil {
+		copy(s[:], b)
+	}
+	return s
 }
 
 func (r *reader) u16() uint16 {

@@ -95,6 +95,7 @@ func TestDecoderKeepsPartialFrame(t *testing.T) {
 }
 
 func TestHeaderErrors(t *testing.T) {
+	const v = frame.Version
 	tests := []struct {
 		name    string
 		header  []byte
@@ -102,16 +103,17 @@ func TestHeaderErrors(t *testing.T) {
 		want    error
 	}{
 		{"version_0", []byte{0, 1, 0, 4}, 0, frame.ErrVersion},
-		{"version_2", []byte{2, 1, 0, 4}, 0, frame.ErrVersion},
+		{"version_1", []byte{1, 1, 0, 4}, 0, frame.ErrVersion},
+		{"version_3", []byte{3, 1, 0, 4}, 0, frame.ErrVersion},
 		{"version_ff", []byte{0xFF, 0xFF, 0xFF, 0xFF}, 0, frame.ErrVersion},
-		{"type_0", []byte{1, 0, 0, 0}, 0, frame.ErrUnknownType},
-		{"type_0d", []byte{1, 0x0D, 0, 0}, 0, frame.ErrUnknownType},
-		{"type_ff", []byte{1, 0xFF, 0, 0}, 0, frame.ErrUnknownType},
-		{"one_byte_over_max", []byte{1, byte(frame.TypePing), 0x1F, 0xFD}, 0, frame.ErrTooLarge},
-		{"length_65535", []byte{1, byte(frame.TypeBets), 0xFF, 0xFF}, 0, frame.ErrTooLarge},
-		{"over_decoder_max", []byte{1, byte(frame.TypePing), 0, 97}, 100, frame.ErrTooLarge},
-		{"over_max_when_decoder_max_too_big", []byte{1, byte(frame.TypePing), 0x1F, 0xFD}, 1 << 20, frame.ErrTooLarge},
-		{"over_max_when_decoder_max_negative", []byte{1, byte(frame.TypePing), 0x1F, 0xFD}, -1, frame.ErrTooLarge},
+		{"type_0", []byte{v, 0, 0, 0}, 0, frame.ErrUnknownType},
+		{"type_0f", []byte{v, 0x0F, 0, 0}, 0, frame.ErrUnknownType},
+		{"type_ff", []byte{v, 0xFF, 0, 0}, 0, frame.ErrUnknownType},
+		{"one_byte_over_max", []byte{v, byte(frame.TypePing), 0x1F, 0xFD}, 0, frame.ErrTooLarge},
+		{"length_65535", []byte{v, byte(frame.TypeBets), 0xFF, 0xFF}, 0, frame.ErrTooLarge},
+		{"over_decoder_max", []byte{v, byte(frame.TypePing), 0, 97}, 100, frame.ErrTooLarge},
+		{"over_max_when_decoder_max_too_big", []byte{v, byte(frame.TypePing), 0x1F, 0xFD}, 1 << 20, frame.ErrTooLarge},
+		{"over_max_when_decoder_max_negative", []byte{v, byte(frame.TypePing), 0x1F, 0xFD}, -1, frame.ErrTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,16 +157,16 @@ func TestDecoderMaxSize(t *testing.T) {
 }
 
 func TestParseHeader(t *testing.T) {
-	h, err := frame.ParseHeader([]byte{1, 3, 0x01, 0x02, 0xEE}, frame.MaxSize)
-	if err != nil || h != (frame.Header{Version: 1, Type: frame.TypeBets, Length: 0x0102}) || h.Size() != 0x0106 {
+	h, err := frame.ParseHeader([]byte{frame.Version, 3, 0x01, 0x02, 0xEE}, frame.MaxSize)
+	if err != nil || h != (frame.Header{Version: frame.Version, Type: frame.TypeBets, Length: 0x0102}) || h.Size() != 0x0106 {
 		t.Fatalf("ParseHeader = %+v, %v", h, err)
 	}
 	for n := range frame.HeaderSize {
-		if _, err := frame.ParseHeader([]byte{1, 3, 0, 0}[:n], frame.MaxSize); !errors.Is(err, frame.ErrIncomplete) {
+		if _, err := frame.ParseHeader([]byte{frame.Version, 3, 0, 0}[:n], frame.MaxSize); !errors.Is(err, frame.ErrIncomplete) {
 			t.Errorf("ParseHeader of %d bytes: err = %v, want ErrIncomplete", n, err)
 		}
 	}
-	if _, err := frame.ParseHeader([]byte{1, byte(frame.TypeQueryWinners), 0, 0}, frame.HeaderSize); err != nil {
+	if _, err := frame.ParseHeader([]byte{frame.Version, byte(frame.TypeQueryWinners), 0, 0}, frame.HeaderSize); err != nil {
 		t.Errorf("empty frame with maxSize HeaderSize: %v", err)
 	}
 }
@@ -186,6 +188,8 @@ func TestParseTruncatedAndTrailing(t *testing.T) {
 		&frame.Winners{Last: true, Documents: []string{"1", "00000042"}},
 		&frame.NotReady{RetryAfter: 1e9, Finished: 1, Agencies: 2},
 		&frame.Error{Code: frame.CodeTimeout, Reason: "idle"},
+		&frame.Receipt{Lottery: hashOf(1), Agency: 2, Bets: 3, Chain: hashOf(4), Signature: signatureOf(5)},
+		&frame.Commitment{Lottery: hashOf(1), Agencies: 5, Root: hashOf(2), Signature: signatureOf(3), Proof: proofOf(3)},
 	}
 	for _, f := range frames {
 		t.Run(f.Type().String(), func(t *testing.T) {
@@ -254,6 +258,7 @@ func TestParseRejectsBadPayloads(t *testing.T) {
 		{"error_reason_longer_than_payload", frame.TypeError, append(u16(1), 0, 5, 'x'), frame.ErrMalformed, "truncated"},
 		{"hello_too_short", frame.TypeHello, []byte{0, 0, 3}, frame.ErrMalformed, "HELLO"},
 		{"query_winners_with_payload", frame.TypeQueryWinners, []byte{0}, frame.ErrMalformed, "trailing"},
+		{"commitment_proof_33", frame.TypeCommitment, append(make([]byte, 32+4+32+64), append([]byte{33}, make([]byte, 33*32)...)...), frame.ErrMalformed, "proof of 33"},
 		{"unknown_type", frame.Type(0x42), nil, frame.ErrUnknownType, "0x42"},
 		{"payload_over_max", frame.TypePing, make([]byte, frame.MaxPayload+1), frame.ErrTooLarge, "PING"},
 	}

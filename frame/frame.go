@@ -10,7 +10,7 @@ import (
 
 // Header layout and size limits.
 const (
-	Version    = 1    // protocol version carried by every frame
+	Version    = 2    // protocol version carried by every frame
 	HeaderSize = 4    // version u8, type u8, payload length u16 (big-endian)
 	MaxSize    = 8192 // no frame, header included, is larger
 	MaxPayload = MaxSize - HeaderSize
@@ -42,13 +42,15 @@ const (
 	TypePing         Type = 0x0A
 	TypePong         Type = 0x0B
 	TypeError        Type = 0x0C
+	TypeReceipt      Type = 0x0D
+	TypeCommitment   Type = 0x0E
 )
 
 var typeNames = [...]string{
 	TypeHello: "HELLO", TypeWelcome: "WELCOME", TypeBets: "BETS", TypeAck: "ACK",
 	TypeReject: "REJECT", TypeFinished: "FINISHED", TypeQueryWinners: "QUERY_WINNERS",
 	TypeWinners: "WINNERS", TypeNotReady: "NOT_READY", TypePing: "PING", TypePong: "PONG",
-	TypeError: "ERROR",
+	TypeError: "ERROR", TypeReceipt: "RECEIPT", TypeCommitment: "COMMITMENT",
 }
 
 func (t Type) String() string {
@@ -58,7 +60,7 @@ func (t Type) String() string {
 	return fmt.Sprintf("TYPE_0x%02X", uint8(t))
 }
 
-func (t Type) known() bool { return t >= TypeHello && t <= TypeError }
+func (t Type) known() bool { return t >= TypeHello && t <= TypeCommitment }
 
 // Code says why a batch was rejected or a session ended.
 type Code uint16
@@ -81,7 +83,12 @@ const (
 	CodeShuttingDown    Code = 14 // the server is draining
 	CodeStorage         Code = 15 // the server could not store the data
 	CodeBusy            Code = 16 // the store queue is full; retry later
-	CodeFlood           Code = 17 // too many bytes sent while a batch was in flight
+	CodeFlood           Code = 17 // unread bytes piled up, or the peer did not read its answers
+	CodeUnknownKey      Code = 18 // the handshake's static key belongs to no agency
+	CodeWrongAgency     Code = 19 // HELLO names another agency than the connection's key
+	CodeSecureRequired  Code = 20 // a plaintext frame other than PING on a secured server
+	CodeInsecureServer  Code = 21 // a handshake sent to a server running --insecure
+	CodeHandshake       Code = 22 // the handshake failed (e.g. the agency has a wrong server key)
 )
 
 var codeNames = [...]string{
@@ -91,6 +98,18 @@ var codeNames = [...]string{
 	CodeAlreadyFinished: "already_finished", CodeTotalMismatch: "total_mismatch",
 	CodeTimeout: "timeout", CodeReplaced: "replaced", CodeTooManyConns: "too_many_connections",
 	CodeShuttingDown: "shutting_down", CodeStorage: "storage", CodeBusy: "busy", CodeFlood: "flood",
+	CodeUnknownKey: "unknown_key", CodeWrongAgency: "wrong_agency", CodeSecureRequired: "secure_required",
+	CodeInsecureServer: "insecure_server", CodeHandshake: "handshake_failed",
+}
+
+// Temporary reports whether an ERROR with this code may go away if the
+// agency reconnects later; the others need a person.
+func (c Code) Temporary() bool {
+	switch c {
+	case CodeTimeout, CodeTooManyConns, CodeShuttingDown, CodeStorage, CodeBusy, CodeFlood:
+		return true
+	}
+	return false
 }
 
 func (c Code) String() string {
@@ -156,10 +175,28 @@ func Encode(f Frame) ([]byte, error) { return Append(nil, f) }
 // Hello opens a session for an agency.
 type Hello struct{ Agency uint32 }
 
-// Welcome answers Hello with how many of the agency's bets the server holds.
+// HashSize is the size of a chain value, a Merkle root or a lottery id.
+const HashSize = 32
+
+// SignatureSize is the size of an Ed25519 signature.
+const SignatureSize = 64
+
+// Hash is a SHA-256 value: a chain, a Merkle node or a lottery id.
+type Hash [HashSize]byte
+
+// Signature is an Ed25519 signature; all zeros means unsigned.
+type Signature [SignatureSize]byte
+
+// Welcome answers Hello with how many of the agency's bets the server holds
+// and the limits the agency must respect.
 type Welcome struct {
-	Held     uint64
-	Finished bool // the agency's FINISHED is already on record
+	Held         uint64
+	Finished     bool          // the agency's FINISHED is already on record
+	Window       uint16        // most BETS/FINISHED frames unanswered at once
+	MaxFrame     uint16        // largest frame the server accepts
+	ReadTimeout  time.Duration // millisecond resolution on the wire
+	PingInterval time.Duration // the server PINGs a waiting agency this often
+	Chain        Hash          // chain value over the Held bets
 }
 
 // Bets carries a batch: First is the index of its first bet in the agency's stream.
@@ -168,10 +205,13 @@ type Bets struct {
 	Bets  []Bet
 }
 
-// Ack confirms that a batch is on disk.
+// Ack confirms that a batch is on disk; Chain covers the agency's first
+// Held bets.
 type Ack struct {
 	First uint64
 	Count uint16
+	Held  uint64
+	Chain Hash
 }
 
 // Reject refuses a whole batch; Index is the stream index of the first bad bet.
@@ -212,6 +252,29 @@ type Error struct {
 	Reason string
 }
 
+// Receipt is the server's signed statement of what it holds for an agency
+// that has finished.
+type Receipt struct {
+	Lottery   Hash
+	Agency    uint32
+	Bets      uint64
+	Chain     Hash
+	Signature Signature
+}
+
+// MaxProof is the longest Merkle proof a COMMITMENT carries (2^32 leaves).
+const MaxProof = 32
+
+// Commitment is the signed Merkle root over every agency's (bets, chain),
+// fixed before any winner is sent, with the proof of the receiver's leaf.
+type Commitment struct {
+	Lottery   Hash
+	Agencies  uint32
+	Root      Hash
+	Signature Signature
+	Proof     []Hash // siblings from the leaf up
+}
+
 func (*Hello) Type() Type        { return TypeHello }
 func (*Welcome) Type() Type      { return TypeWelcome }
 func (*Bets) Type() Type         { return TypeBets }
@@ -224,6 +287,8 @@ func (*NotReady) Type() Type     { return TypeNotReady }
 func (*Ping) Type() Type         { return TypePing }
 func (*Pong) Type() Type         { return TypePong }
 func (*Error) Type() Type        { return TypeError }
+func (*Receipt) Type() Type      { return TypeReceipt }
+func (*Commitment) Type() Type   { return TypeCommitment }
 
 // MaxReasonLen bounds the reason text of REJECT and ERROR frames.
 const MaxReasonLen = 1024
@@ -232,7 +297,21 @@ func (f *Hello) appendPayload(b []byte) []byte { return binary.BigEndian.AppendU
 
 func (f *Welcome) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, f.Held)
-	return append(b, boolFlag(f.Finished))
+	b = append(b, boolFlag(f.Finished))
+	b = binary.BigEndian.AppendUint16(b, f.Window)
+	b = binary.BigEndian.AppendUint16(b, f.MaxFrame)
+	b = binary.BigEndian.AppendUint32(b, millis(f.ReadTimeout))
+	b = binary.BigEndian.AppendUint32(b, millis(f.PingInterval))
+	return append(b, f.Chain[:]...)
+}
+
+// millis is d in whole milliseconds, clamped to a u32.
+func millis(d time.Duration) uint32 {
+	ms := d.Milliseconds()
+	if ms < 0 {
+		return 0
+	}
+	return uint32(min(ms, 1<<32-1))
 }
 
 func (f *Bets) appendPayload(b []byte) []byte {
@@ -255,7 +334,9 @@ func AppendBet(b []byte, bet *Bet) []byte {
 
 func (f *Ack) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, f.First)
-	return binary.BigEndian.AppendUint16(b, f.Count)
+	b = binary.BigEndian.AppendUint16(b, f.Count)
+	b = binary.BigEndian.AppendUint64(b, f.Held)
+	return append(b, f.Chain[:]...)
 }
 
 func (f *Reject) appendPayload(b []byte) []byte {
@@ -278,13 +359,7 @@ func (f *Winners) appendPayload(b []byte) []byte {
 }
 
 func (f *NotReady) appendPayload(b []byte) []byte {
-	ms := f.RetryAfter.Milliseconds()
-	if ms < 0 {
-		ms = 0
-	} else if ms > 1<<32-1 {
-		ms = 1<<32 - 1
-	}
-	b = binary.BigEndian.AppendUint32(b, uint32(ms))
+	b = binary.BigEndian.AppendUint32(b, millis(f.RetryAfter))
 	b = binary.BigEndian.AppendUint32(b, f.Finished)
 	return binary.BigEndian.AppendUint32(b, f.Agencies)
 }
@@ -295,6 +370,27 @@ func (f *Pong) appendPayload(b []byte) []byte { return append(b, f.Payload...) }
 func (f *Error) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(f.Code))
 	return appendReason(b, f.Reason)
+}
+
+func (f *Receipt) appendPayload(b []byte) []byte {
+	b = append(b, f.Lottery[:]...)
+	b = binary.BigEndian.AppendUint32(b, f.Agency)
+	b = binary.BigEndian.AppendUint64(b, f.Bets)
+	b = append(b, f.Chain[:]...)
+	return append(b, f.Signature[:]...)
+}
+
+func (f *Commitment) appendPayload(b []byte) []byte {
+	b = append(b, f.Lottery[:]...)
+	b = binary.BigEndian.AppendUint32(b, f.Agencies)
+	b = append(b, f.Root[:]...)
+	b = append(b, f.Signature[:]...)
+	proof := f.Proof[:min(len(f.Proof), MaxProof)]
+	b = append(b, byte(len(proof)))
+	for i := range proof {
+		b = append(b, proof[i][:]...)
+	}
+	return b
 }
 
 func boolFlag(v bool) byte {

@@ -104,3 +104,26 @@ func repeatTo(s string, n int) string {
 	}
 	return strings.Repeat(s, n/len(s))
 }
+
+// hashOf is a hash whose bytes count up from b.
+func hashOf(b byte) (h frame.Hash) {
+	for i := range h {
+		h[i] = b + byte(i)
+	}
+	return h
+}
+
+func signatureOf(b byte) (s frame.Signature) {
+	for i := range s {
+		s[i] = b ^ byte(i)
+	}
+	return s
+}
+
+func proofOf(n int) []frame.Hash {
+	p := make([]frame.Hash, n)
+	for i := range p {
+		p[i] = hashOf(byte(i * 3))
+	}
+	return p
+}

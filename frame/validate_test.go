@@ -258,7 +258,8 @@ func TestTypeAndCodeNames(t *testing.T) {
 		frame.TypeHello: "HELLO", frame.TypeWelcome: "WELCOME", frame.TypeBets: "BETS", frame.TypeAck: "ACK",
 		frame.TypeReject: "REJECT", frame.TypeFinished: "FINISHED", frame.TypeQueryWinners: "QUERY_WINNERS",
 		frame.TypeWinners: "WINNERS", frame.TypeNotReady: "NOT_READY", frame.TypePing: "PING",
-		frame.TypePong: "PONG", frame.TypeError: "ERROR", 0: "TYPE_0x00", 0x0D: "TYPE_0x0D", 0xFF: "TYPE_0xFF",
+		frame.TypePong: "PONG", frame.TypeError: "ERROR", frame.TypeReceipt: "RECEIPT", frame.TypeCommitment: "COMMITMENT",
+		0: "TYPE_0x00", 0x0F: "TYPE_0x0F", 0xFF: "TYPE_0xFF",
 	}
 	for ty, want := range types {
 		if got := ty.String(); got != want {
@@ -273,7 +274,10 @@ func TestTypeAndCodeNames(t *testing.T) {
 		frame.CodeTotalMismatch: "total_mismatch", frame.CodeTimeout: "timeout", frame.CodeReplaced: "replaced",
 		frame.CodeTooManyConns: "too_many_connections", frame.CodeShuttingDown: "shutting_down",
 		frame.CodeStorage: "storage", frame.CodeBusy: "busy", frame.CodeFlood: "flood",
-		0: "code_0", 18: "code_18", 0xFFFF: "code_65535",
+		frame.CodeUnknownKey: "unknown_key", frame.CodeWrongAgency: "wrong_agency",
+		frame.CodeSecureRequired: "secure_required", frame.CodeInsecureServer: "insecure_server",
+		frame.CodeHandshake: "handshake_failed",
+		0: "code_0", 23: "code_23", 0xFFFF: "code_65535",
 	}
 	for c, want := range codes {
 		if got := c.String(); got != want {

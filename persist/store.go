@@ -1,15 +1,14 @@
-// Package persist is the bet store: one goroutine owns bets.csv and commits
-// queued batches in groups (one write, one fsync), so a batch is reported
-// done only once it is on disk.
+// Package persist is the bet store's single writer: one goroutine takes
+// every queued request, applies the exactly-once index rules, extends each
+// agency's hash chain, and commits the group through a Backend in one
+// durable step, so a request is reported done only once it is durable.
+// Backends (a data directory, PostgreSQL) live in subpackages.
 package persist
 
 import (
 	"errors"
 	"fmt"
-	"io"
-	"iter"
-	"os"
-	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,21 +16,11 @@ import (
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/receipt"
 )
 
-// File names inside the data directory.
-const (
-	BetsFile    = "bets.csv"
-	JournalFile = "bets.journal"
-	MetaFile    = "lottery.json"
-	LockFile    = "lock"
-)
-
-// Defaults for Options.
-const (
-	DefaultQueueSize = 4096
-	DefaultMaxGroup  = 1024
-)
+// DefaultMaxGroup is the most requests committed together by default.
+const DefaultMaxGroup = 4096
 
 // Errors a Request can end with; match them with errors.Is.
 var (
@@ -40,19 +29,89 @@ var (
 	ErrTotalMismatch   = errors.New("finished total differs from the bets held")
 	ErrUnknownAgency   = errors.New("agency outside 1..agencies")
 	ErrClosed          = errors.New("store closed")
-	ErrBusy            = errors.New("store queue full")
 	ErrBroken          = errors.New("store stopped after a write failure")
-	ErrMismatch        = errors.New("data directory belongs to another lottery")
-	ErrCorrupt         = errors.New("data directory is inconsistent")
+	ErrStale           = errors.New("another server changed the agency first")
 )
+
+// Backend keeps bets durably. The Store calls it from its writer goroutine
+// only, except Winners and Size, which may be called from any goroutine.
+type Backend interface {
+	// State is the durable state recovered when the backend was opened.
+	State() (*State, error)
+	// Commit makes a group durable, all of it or none of it. ErrStale
+	// (wrapped) means another writer got there first and nothing was stored.
+	Commit(g *Group) error
+	// Reload returns the durable state of the named agencies, after ErrStale.
+	Reload(agencies []uint32) ([]Agency, error)
+	// Winners returns every agency's winning documents in stream order.
+	Winners() (map[uint32][]string, error)
+	// Size is how many bytes the store takes, for metrics.
+	Size() int64
+	// Close syncs and releases everything.
+	Close() error
+}
+
+// DrawKeeper is a Backend that keeps the draw's signed statement beside
+// the bets, so anyone auditing the store later can check it.
+type DrawKeeper interface {
+	SaveDraw(statement []byte) error
+}
+
+// State is what a backend holds.
+type State struct {
+	Lottery  frame.Hash // the lottery's id (receipt.LotteryID)
+	Agencies []Agency   // index agency-1
+}
+
+// Agency is the durable progress of one agency.
+type Agency struct {
+	Held     uint64
+	Finished bool
+	Total    uint64         // bets the agency finished with
+	Chain    *receipt.Chain // over the Held bets; never nil
+}
+
+// Group is one commit: the rows to append and every agency it changes.
+type Group struct {
+	Rows    []Rows
+	Changes []Change
+}
+
+// Rows are bets of one agency to append, at stream indexes First onwards.
+type Rows struct {
+	Agency uint32
+	First  uint64
+	Bets   []frame.Bet
+}
+
+// Change is one agency's new progress; HeldBefore is what the writer
+// believed it held, for backends shared by several servers.
+type Change struct {
+	Agency     uint32
+	HeldBefore uint64
+	Held       uint64
+	Chain      *receipt.Chain // state after Held bets
+	Finish     bool           // the agency finishes in this group
+	Total      uint64
+}
+
+// Observer is told about every group commit; it is called from the writer
+// goroutine and must not block.
+type Observer interface {
+	Committed(took time.Duration, bets int, storeBytes int64)
+}
 
 // Options configure a Store.
 type Options struct {
 	Agencies      int    // agencies of the lottery, numbered 1..Agencies
-	WinningNumber uint16 // recorded with the data so a restart draws the same
-	QueueSize     int    // capacity of the request channel
+	WinningNumber uint16 // a bet wins when its number equals this
 	MaxGroup      int    // most requests committed together
 	Logger        *zap.Logger
+	Observer      Observer
+	// Tamper, when set, may change a batch's bets after they were decoded
+	// and before they are chained and written; tests use it to prove that
+	// agencies notice.
+	Tamper func(agency uint32, first uint64, bets []frame.Bet)
 }
 
 // Request asks the writer to store a batch, or, with Finish, to record that
@@ -70,44 +129,45 @@ type Request struct {
 
 // Result is how a Request ended.
 type Result struct {
-	Stored int    // bets this request added (0 for a replay of held bets)
-	Held   uint64 // bets held for the agency afterwards
+	Stored int        // bets this request added (0 for a replay of held bets)
+	Held   uint64     // bets held for the agency afterwards
+	Chain  frame.Hash // chain value over those Held bets
 	Err    error
 }
 
-// Store is an open data directory.
+// Store is the single writer over a Backend.
 type Store struct {
-	dir  string
-	opts Options
-	log  *zap.Logger
+	backend Backend
+	opts    Options
+	log     *zap.Logger
+	lottery frame.Hash
 
-	reqs chan *Request
-	done chan struct{}
+	qmu    sync.Mutex
+	queue  []*Request
+	wake   chan struct{}
+	closed bool
+	done   chan struct{}
+	failed chan struct{} // closed when a commit fails
 
-	mu        sync.RWMutex // guards closed and the published state below
-	closed    bool
-	held      []uint64 // index agency-1
-	total     []uint64 // total an agency finished with
-	finished  []bool
+	mu        sync.RWMutex // guards the published state below
+	published []published
 	nFinished int
-	committed int64 // bytes of bets.csv the journal vouches for
+	broken    error
 
-	// Owned by the writer goroutine after Open.
-	bets, journal *os.File
-	lock          *os.File
-	buf, jbuf     []byte
-	broken        error
-	sync          func(*os.File) error
+	// Owned by the writer goroutine.
+	agencies []Agency
 }
 
-// Open recovers the data directory dir (creating it if needed) and starts
-// the writer. Recovery cuts bets.csv back to the last committed offset.
-func Open(dir string, opts Options) (*Store, error) {
+type published struct {
+	held     uint64
+	finished bool
+	chain    frame.Hash
+}
+
+// New starts the writer over an opened backend.
+func New(b Backend, opts Options) (*Store, error) {
 	if opts.Agencies < 1 {
 		return nil, fmt.Errorf("open store: agencies must be at least 1, got %d", opts.Agencies)
-	}
-	if opts.QueueSize <= 0 {
-		opts.QueueSize = DefaultQueueSize
 	}
 	if opts.MaxGroup <= 0 {
 		opts.MaxGroup = DefaultMaxGroup
@@ -115,39 +175,38 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	s := &Store{
-		dir:      dir,
-		opts:     opts,
-		log:      opts.Logger,
-		reqs:     make(chan *Request, opts.QueueSize),
-		done:     make(chan struct{}),
-		held:     make([]uint64, opts.Agencies),
-		total:    make([]uint64, opts.Agencies),
-		finished: make([]bool, opts.Agencies),
-		sync:     (*os.File).Sync,
-	}
-	if err := s.recover(); err != nil {
-		s.closeFiles()
-		s.log.Error("store_open", logging.Fail, zap.String("dir", dir), zap.Error(err))
+	st, err := b.State()
+	if err != nil {
 		return nil, err
 	}
-	s.log.Info("store_open", logging.Success, zap.String("dir", dir),
-		zap.Int64("committed_bytes", s.committed), zap.Uint64("bets", s.totalHeld()),
-		zap.Int("agencies_finished", s.nFinished), zap.Int("agencies", opts.Agencies))
+	if len(st.Agencies) != opts.Agencies {
+		return nil, fmt.Errorf("open store: backend holds %d agencies, want %d", len(st.Agencies), opts.Agencies)
+	}
+	s := &Store{
+		backend:   b,
+		opts:      opts,
+		log:       opts.Logger,
+		lottery:   st.Lottery,
+		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		failed:    make(chan struct{}),
+		published: make([]published, opts.Agencies),
+		agencies:  st.Agencies,
+	}
+	for i := range s.agencies {
+		s.publish(uint32(i+1), &s.agencies[i])
+	}
 	go s.run()
 	return s, nil
 }
 
-func (s *Store) totalHeld() uint64 {
-	var n uint64
-	for _, h := range s.held {
-		n += h
+func (s *Store) publish(agency uint32, a *Agency) {
+	p := &s.published[agency-1]
+	if a.Finished && !p.finished {
+		s.nFinished++
 	}
-	return n
+	*p = published{held: a.Held, finished: a.Finished, chain: a.Chain.Sum()}
 }
-
-// Dir is the data directory.
-func (s *Store) Dir() string { return s.dir }
 
 // Agencies is how many agencies the lottery has.
 func (s *Store) Agencies() int { return s.opts.Agencies }
@@ -155,15 +214,20 @@ func (s *Store) Agencies() int { return s.opts.Agencies }
 // WinningNumber is the lottery's winning number.
 func (s *Store) WinningNumber() uint16 { return s.opts.WinningNumber }
 
-// Status says how many bets of agency are on disk and whether its FINISHED
-// is on record. An agency outside 1..Agencies reports zero values.
-func (s *Store) Status(agency uint32) (held uint64, finished bool) {
+// Lottery is the lottery's id, which receipts and the commitment carry.
+func (s *Store) Lottery() frame.Hash { return s.lottery }
+
+// Status says how many bets of agency are durable, whether its FINISHED is
+// on record, and the chain value over those bets. An agency outside
+// 1..Agencies reports zero values.
+func (s *Store) Status(agency uint32) (held uint64, finished bool, chain frame.Hash) {
 	if agency < 1 || int(agency) > s.opts.Agencies {
-		return 0, false
+		return 0, false, frame.Hash{}
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.held[agency-1], s.finished[agency-1]
+	p := s.published[agency-1]
+	return p.held, p.finished, p.chain
 }
 
 // FinishedCount is how many distinct agencies have finished, durably.
@@ -173,254 +237,272 @@ func (s *Store) FinishedCount() int {
 	return s.nFinished
 }
 
-// Submit queues r for the writer without blocking. It fails with ErrBusy
-// when the queue is full and ErrClosed after Close; then Done is not called.
-func (s *Store) Submit(r *Request) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return ErrClosed
-	}
-	select {
-	case s.reqs <- r:
+// Winners returns every agency's winning documents, in stream order.
+func (s *Store) Winners() (map[uint32][]string, error) { return s.backend.Winners() }
+
+// SaveDraw keeps the draw's statement durably, when the backend can.
+func (s *Store) SaveDraw(statement []byte) error {
+	k, ok := s.backend.(DrawKeeper)
+	if !ok {
 		return nil
-	default:
-		return ErrBusy
 	}
+	return k.SaveDraw(statement)
 }
 
-// Bets streams every committed bet, in the order stored.
-func (s *Store) Bets() iter.Seq2[Bet, error] {
+// Size is how many bytes the backend takes.
+func (s *Store) Size() int64 { return s.backend.Size() }
+
+// Failed is closed once a commit has failed; the store then refuses every
+// request and its owner should stop (and be restarted to recover).
+func (s *Store) Failed() <-chan struct{} { return s.failed }
+
+// Err is the failure that closed Failed, or nil.
+func (s *Store) Err() error {
 	s.mu.RLock()
-	size := s.committed
-	s.mu.RUnlock()
-	return loadFile(filepath.Join(s.dir, BetsFile), size)
+	defer s.mu.RUnlock()
+	return s.broken
+}
+
+// Submit queues r for the writer; it never blocks. It fails with ErrClosed
+// after Close, and then Done is not called. The queue has no fixed bound:
+// each connection has at most its window of requests in it.
+func (s *Store) Submit(r *Request) error {
+	s.qmu.Lock()
+	if s.closed {
+		s.qmu.Unlock()
+		return ErrClosed
+	}
+	s.queue = append(s.queue, r)
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // Close stops taking requests, lets the writer commit everything queued,
-// then syncs and closes the files. It logs each step.
+// then closes the backend. It logs each step.
 func (s *Store) Close() error {
-	s.mu.Lock()
+	s.qmu.Lock()
 	if s.closed {
-		s.mu.Unlock()
+		s.qmu.Unlock()
 		return ErrClosed
 	}
 	s.closed = true
-	queued := len(s.reqs)
-	close(s.reqs)
-	s.mu.Unlock()
+	queued := len(s.queue)
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 	s.log.Info("store_drain", logging.InProgress, zap.Int("queued_requests", queued))
 	<-s.done
 	s.log.Info("store_drain", logging.Success)
-	// A store broken by a failed write says so even if its files close fine.
-	err := errors.Join(s.broken, s.closeFiles())
+	err := errors.Join(s.Err(), s.backend.Close())
 	if err != nil {
 		s.log.Error("store_close", logging.Fail, zap.Error(err))
 		return err
 	}
-	s.log.Info("store_close", logging.Success, zap.String("dir", s.dir),
-		zap.Int64("committed_bytes", s.committed), zap.Uint64("bets", s.totalHeld()))
+	s.log.Info("store_close", logging.Success)
 	return nil
 }
 
-func (s *Store) closeFiles() error {
-	var first error
-	for _, f := range []*os.File{s.bets, s.journal} {
-		if f == nil {
-			continue
-		}
-		if err := s.sync(f); err != nil && first == nil {
-			first = fmt.Errorf("sync %s: %w", filepath.Base(f.Name()), err)
-			s.log.Error("file_sync", logging.Fail, zap.String("file", f.Name()), zap.Error(err))
-		} else if err == nil {
-			s.log.Info("file_sync", logging.Success, zap.String("file", f.Name()))
-		}
-		if err := f.Close(); err != nil {
-			if first == nil {
-				first = fmt.Errorf("close %s: %w", filepath.Base(f.Name()), err)
-			}
-			s.log.Error("file_close", logging.Fail, zap.String("file", f.Name()), zap.Error(err))
-		} else {
-			s.log.Info("file_close", logging.Success, zap.String("file", f.Name()))
-		}
-	}
-	s.bets, s.journal = nil, nil
-	if s.lock != nil {
-		s.lock.Close() // releases the directory lock
-		s.lock = nil
-	}
-	return first
-}
-
-// run is the writer goroutine: it takes what is queued, up to MaxGroup
-// requests, and commits it with one write and one fsync per file.
+// run is the writer goroutine: it takes everything queued and commits it
+// in groups of at most MaxGroup requests.
 func (s *Store) run() {
 	defer close(s.done)
-	group := make([]*Request, 0, s.opts.MaxGroup)
-	for r := range s.reqs {
-		group = append(group[:0], r)
-	fill:
-		for len(group) < s.opts.MaxGroup {
-			select {
-			case r, ok := <-s.reqs:
-				if !ok {
-					break fill
-				}
-				group = append(group, r)
-			default:
-				break fill
+	var spare []*Request
+	for range s.wake {
+		s.qmu.Lock()
+		taken, closed := s.queue, s.closed
+		s.queue = spare
+		s.qmu.Unlock()
+		for batch := taken; len(batch) > 0; {
+			n := min(len(batch), s.opts.MaxGroup)
+			s.commit(batch[:n])
+			batch = batch[n:]
+		}
+		clear(taken)
+		spare = taken[:0]
+		if closed {
+			s.qmu.Lock()
+			empty := len(s.queue) == 0
+			s.qmu.Unlock()
+			if empty {
+				return
 			}
 		}
-		s.commit(group)
-		clear(group)
 	}
 }
 
 // pending is a group's view of one agency before the commit is durable.
+// Its chain is the agency's own, extended in place: a failed commit breaks
+// the store and a stale one reloads the agency, so neither keeps it.
 type pending struct {
-	held      uint64
-	finished  bool
-	total     uint64
-	changed   bool
-	finishNow bool
+	before  uint64
+	held    uint64
+	chain   *receipt.Chain
+	finish  bool
+	total   uint64
+	changed bool
 }
 
 func (s *Store) commit(group []*Request) {
-	start := time.Now()
+	// A broken store plans nothing: its agencies' chains may hold bets of
+	// the failed group, and every request fails the same way.
+	if err := s.Err(); err != nil {
+		for _, r := range group {
+			r.Done(Result{Err: err})
+		}
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		results, g, views, stored := s.plan(group)
+		var err error
+		if len(g.Changes) > 0 {
+			start := time.Now()
+			err = s.backend.Commit(g)
+			if err == nil && s.opts.Observer != nil {
+				s.opts.Observer.Committed(time.Since(start), stored, s.backend.Size())
+			}
+			if err == nil {
+				if ce := s.log.Check(zap.DebugLevel, "store_commit"); ce != nil {
+					ce.Write(logging.Success, zap.Int("requests", len(group)), zap.Int("bets", stored),
+						zap.Duration("took", time.Since(start)))
+				}
+			}
+		}
+		if errors.Is(err, ErrStale) && attempt < 8 {
+			if s.reload(g) == nil {
+				continue
+			}
+		}
+		if err != nil {
+			// Every result of the group, refusals included, was worked out
+			// against a state that never became durable: none of them holds.
+			s.fail(err, len(group))
+			for i := range results {
+				results[i] = Result{Err: s.Err()}
+			}
+		} else {
+			s.mu.Lock()
+			for a, p := range views {
+				if !p.changed {
+					continue
+				}
+				ag := &s.agencies[a-1]
+				ag.Held, ag.Chain = p.held, p.chain
+				if p.finish {
+					ag.Finished, ag.Total = true, p.total
+				}
+				s.publish(a, ag)
+			}
+			s.mu.Unlock()
+		}
+		for i, r := range group {
+			r.Done(results[i])
+		}
+		return
+	}
+}
+
+// fail marks the store broken after a failed commit.
+func (s *Store) fail(err error, requests int) {
+	s.mu.Lock()
+	first := s.broken == nil
+	if first {
+		s.broken = fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+	s.mu.Unlock()
+	if first {
+		s.log.Error("store_commit", logging.Fail, zap.Int("requests", requests), zap.Error(err))
+		close(s.failed)
+	}
+}
+
+// reload refreshes the agencies of a stale group from the backend.
+func (s *Store) reload(g *Group) error {
+	ids := make([]uint32, len(g.Changes))
+	for i, c := range g.Changes {
+		ids[i] = c.Agency
+	}
+	fresh, err := s.backend.Reload(ids)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, a := range ids {
+		s.agencies[a-1] = fresh[i]
+		s.publish(a, &s.agencies[a-1])
+	}
+	return nil
+}
+
+// plan applies the index rules to every request of the group against the
+// agencies' durable state and builds the group to commit.
+func (s *Store) plan(group []*Request) ([]Result, *Group, map[uint32]*pending, int) {
 	results := make([]Result, len(group))
-	view := map[uint32]*pending{}
-	s.buf = s.buf[:0]
+	views := map[uint32]*pending{}
+	g := &Group{}
 	stored := 0
 	for i, r := range group {
 		if r.Agency < 1 || int(r.Agency) > s.opts.Agencies {
 			results[i].Err = fmt.Errorf("%w: agency %d of %d", ErrUnknownAgency, r.Agency, s.opts.Agencies)
 			continue
 		}
-		p := view[r.Agency]
+		p := views[r.Agency]
 		if p == nil {
-			s.mu.RLock()
-			p = &pending{held: s.held[r.Agency-1], finished: s.finished[r.Agency-1], total: s.total[r.Agency-1]}
-			s.mu.RUnlock()
-			view[r.Agency] = p
+			a := &s.agencies[r.Agency-1]
+			p = &pending{before: a.Held, held: a.Held, chain: a.Chain, finish: a.Finished, total: a.Total}
+			views[r.Agency] = p
 		}
-		results[i] = s.apply(r, p)
+		results[i] = s.apply(r, p, g)
 		stored += results[i].Stored
 	}
-	if s.broken != nil {
-		for i := range results {
-			if results[i].Err == nil {
-				results[i] = Result{Err: s.broken}
-			}
+	for a, p := range views {
+		if p.changed {
+			g.Changes = append(g.Changes, Change{Agency: a, HeldBefore: p.before, Held: p.held, Chain: p.chain,
+				Finish: p.finish && !s.agencies[a-1].Finished, Total: p.total})
 		}
-	} else if err := s.write(view); err != nil {
-		s.broken = fmt.Errorf("%w: %w", ErrBroken, err)
-		s.log.Error("store_commit", logging.Fail, zap.Int("requests", len(group)), zap.Error(err))
-		for i := range results {
-			if results[i].Err == nil {
-				results[i] = Result{Err: s.broken}
-			}
-		}
-	} else if ce := s.log.Check(zap.DebugLevel, "store_commit"); ce != nil {
-		ce.Write(logging.Success, zap.Int("requests", len(group)), zap.Int("bets", stored),
-			zap.Int("bytes", len(s.buf)), zap.Duration("took", time.Since(start)))
 	}
-	for i, r := range group {
-		r.Done(results[i])
-	}
+	slices.SortFunc(g.Changes, func(x, y Change) int { return int(x.Agency) - int(y.Agency) })
+	return results, g, views, stored
 }
 
-// apply decides what r does to the agency's pending state and appends the
-// rows it stores to s.buf.
-func (s *Store) apply(r *Request, p *pending) Result {
+// apply decides what r does to the agency's pending state and adds the
+// rows it stores to g.
+func (s *Store) apply(r *Request, p *pending, g *Group) Result {
 	if r.Finish {
 		switch {
-		case p.finished && r.Total == p.total:
-			return Result{Held: p.held}
-		case p.finished:
+		case p.finish && r.Total == p.total:
+			return Result{Held: p.held, Chain: p.chain.Sum()}
+		case p.finish:
 			return Result{Held: p.held, Err: fmt.Errorf("%w: finished before with %d bets, now says %d", ErrTotalMismatch, p.total, r.Total)}
 		case r.Total != p.held:
 			return Result{Held: p.held, Err: fmt.Errorf("%w: says %d bets, server holds %d", ErrTotalMismatch, r.Total, p.held)}
 		}
-		p.finished, p.total, p.changed, p.finishNow = true, r.Total, true, true
-		return Result{Held: p.held}
+		p.finish, p.total, p.changed = true, r.Total, true
+		return Result{Held: p.held, Chain: p.chain.Sum()}
 	}
 	end := r.First + uint64(len(r.Bets))
 	switch {
 	case r.First > p.held:
 		return Result{Held: p.held, Err: fmt.Errorf("%w: batch starts at bet %d, server holds %d", ErrIndexGap, r.First, p.held)}
 	case end <= p.held:
-		return Result{Held: p.held}
-	case p.finished:
+		return Result{Held: p.held, Chain: p.chain.Sum()}
+	case p.finish:
 		return Result{Held: p.held, Err: fmt.Errorf("%w with %d bets; batch adds bets %d..%d", ErrAlreadyFinished, p.total, p.held, end-1)}
 	}
-	skip := p.held - r.First // a batch overlapping what is held stores only its new bets
-	for i := skip; i < uint64(len(r.Bets)); i++ {
-		s.buf = appendRow(s.buf, r.Agency, &r.Bets[i])
+	bets := r.Bets[p.held-r.First:] // a batch overlapping what is held stores only its new bets
+	if s.opts.Tamper != nil {
+		s.opts.Tamper(r.Agency, p.held, bets)
 	}
+	for i := range bets {
+		p.chain.Add(&bets[i])
+	}
+	g.Rows = append(g.Rows, Rows{Agency: r.Agency, First: p.held, Bets: bets})
 	p.held, p.changed = end, true
-	return Result{Stored: int(uint64(len(r.Bets)) - skip), Held: end}
-}
-
-// write makes the group durable: rows to bets.csv, fsync, a journal record,
-// fsync; then publishes the new state. On failure it cuts both files back.
-func (s *Store) write(view map[uint32]*pending) error {
-	rec := record{offset: s.committed + int64(len(s.buf))}
-	for agency, p := range view {
-		if !p.changed {
-			continue
-		}
-		rec.held = append(rec.held, heldEntry{agency, p.held})
-		if p.finishNow {
-			rec.finished = append(rec.finished, heldEntry{agency, p.total})
-		}
-	}
-	if len(rec.held) == 0 {
-		return nil
-	}
-	if len(s.buf) > 0 {
-		if _, err := s.bets.Write(s.buf); err != nil {
-			return s.rollback(fmt.Errorf("write %s: %w", BetsFile, err))
-		}
-		if err := s.sync(s.bets); err != nil {
-			return s.rollback(fmt.Errorf("sync %s: %w", BetsFile, err))
-		}
-	}
-	jstart, err := s.journal.Seek(0, io.SeekEnd)
-	if err != nil {
-		return s.rollback(fmt.Errorf("seek %s: %w", JournalFile, err))
-	}
-	s.jbuf = appendRecord(s.jbuf[:0], &rec)
-	if _, err := s.journal.Write(s.jbuf); err != nil {
-		return s.rollbackJournal(jstart, fmt.Errorf("write %s: %w", JournalFile, err))
-	}
-	if err := s.sync(s.journal); err != nil {
-		return s.rollbackJournal(jstart, fmt.Errorf("sync %s: %w", JournalFile, err))
-	}
-	s.mu.Lock()
-	for _, e := range rec.held {
-		s.held[e.agency-1] = e.held
-	}
-	for _, e := range rec.finished {
-		s.finished[e.agency-1], s.total[e.agency-1] = true, e.held
-		s.nFinished++
-	}
-	s.committed = rec.offset
-	s.mu.Unlock()
-	return nil
-}
-
-func (s *Store) rollbackJournal(size int64, err error) error {
-	if terr := s.journal.Truncate(size); terr != nil {
-		err = fmt.Errorf("%w; cutting %s back also failed: %w", err, JournalFile, terr)
-	}
-	return s.rollback(err)
-}
-
-// rollback cuts bets.csv back to the committed offset so that no row of a
-// failed group is left behind.
-func (s *Store) rollback(err error) error {
-	if terr := s.bets.Truncate(s.committed); terr != nil {
-		return fmt.Errorf("%w; cutting %s back also failed: %w", err, BetsFile, terr)
-	}
-	return err
+	return Result{Stored: len(bets), Held: end, Chain: p.chain.Sum()}
 }

@@ -169,8 +169,8 @@ func TestFirstKeyAndFirstEnvWin(t *testing.T) {
 	}
 }
 
-func TestUnknownKeysAndNullsIgnored(t *testing.T) {
-	file := writeFile(t, "c.yaml", "log:\n  level: info\nloop:\n  amount: 5\n  period:\nbatch:\n  maxAmount: ~\n  other: [1, 2]\nextra: {a: b}\n")
+func TestNullsIgnored(t *testing.T) {
+	file := writeFile(t, "c.yaml", "loop:\n  period:\nbatch:\n  maxAmount: ~\nserver:\n  # name: commented out\n")
 	s := newSettings()
 	if err := s.set.Load([]string{"--config", file}, env{}.lookup); err != nil {
 		t.Fatalf("Load: %v", err)
@@ -192,14 +192,198 @@ func TestEmptyFileIsFine(t *testing.T) {
 	}
 }
 
+// An ignored section can hold the anchors that bound keys refer to.
 func TestYAMLAliases(t *testing.T) {
-	file := writeFile(t, "c.yaml", "defaults: &d\n  maxAmount: 12\n  period: &p 4s\nbatch: *d\nloop:\n  period: *p\n")
+	file := writeFile(t, "c.yaml", "defaults:\n  batch: &d\n    maxAmount: 12\n  period: &p 4s\nbatch: *d\nloop:\n  period: *p\n")
 	s := newSettings()
+	s.set.Ignore("defaults")
 	if err := s.set.Load([]string{"--config", file}, env{}.lookup); err != nil {
 		t.Fatal(err)
 	}
 	if *s.count != 12 || *s.wait != 4*time.Second {
 		t.Errorf("count %d wait %v, want 12 and 4s through aliases", *s.count, *s.wait)
+	}
+}
+
+// A merge key (<<) brings a mapping's keys in; keys written out beat merged
+// ones, and the first of several merged mappings beats the later ones.
+func TestYAMLMergeKeys(t *testing.T) {
+	const anchors = "defaults:\n  a: &a {maxAmount: 1}\n  b: &b {maxAmount: 2}\n"
+	tests := []struct {
+		name, yaml string
+		count      int
+	}{
+		{"merged", "batch:\n  <<: *b\n", 2},
+		{"written out wins", "batch:\n  maxAmount: 3\n  <<: *b\n", 3},
+		{"first merged wins", "batch:\n  <<: [*b, *a]\n", 2},
+		{"nested merge", "batch:\n  <<: {<<: *b}\n", 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSettings()
+			s.set.Ignore("defaults")
+			file := writeFile(t, "c.yaml", anchors+tc.yaml)
+			if err := s.set.Load([]string{"--config", file}, env{}.lookup); err != nil {
+				t.Fatal(err)
+			}
+			if *s.count != tc.count {
+				t.Errorf("count %d, want %d", *s.count, tc.count)
+			}
+		})
+	}
+}
+
+// agencyLike is a Set with the keys of the course's client config.yaml
+// (and a flag left to its default).
+func agencyLike() *config.Set {
+	set := config.New("agency", "config")
+	fs := set.Flags()
+	fs.SetOutput(io.Discard)
+	fs.String("server", "", "")
+	fs.String("log-level", "", "")
+	fs.String("log-format", "", "")
+	fs.Int("batch-max-amount", 0, "")
+	set.Bind("server", nil, "server.address")
+	set.Bind("log-level", nil, "log.level")
+	set.Bind("log-format", nil, "log.format")
+	set.Bind("batch-max-amount", nil, "batch.maxAmount")
+	set.Ignore("loop")
+	return set
+}
+
+// The course's client config.yaml, as the course ships it.
+const courseClientYAML = `server:
+  address: "server:12345"
+loop:
+  amount: 5
+  period: "5s"
+log:
+  level: "info"
+batch:
+  maxAmount: 106
+`
+
+func TestCourseClientFileAccepted(t *testing.T) {
+	set := agencyLike()
+	if err := set.Load([]string{"--config", writeFile(t, "config.yaml", courseClientYAML)}, env{}.lookup); err != nil {
+		t.Fatal(err)
+	}
+	if got := set.Effective(); got[1][1] != "server:12345" || got[4][1] != "106" {
+		t.Errorf("Effective() = %v", got)
+	}
+}
+
+func TestUnknownKeyMessages(t *testing.T) {
+	tests := []struct{ yaml, want string }{
+		{"bogus_key: 1\n", "unknown key bogus_key"},
+		{"log:\n  levle: debug\n", "unknown key log.levle; did you mean log.level?"},
+		{"log: debug\n", "key log is a section, not a setting; did you mean log.level or log.format?"},
+	}
+	for _, tc := range tests {
+		file := writeFile(t, "config.yaml", tc.yaml)
+		err := agencyLike().Load([]string{"--config", file}, env{}.lookup)
+		want := "setting config: config file " + file + ": " + tc.want
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: error %v, want %s", tc.yaml, err, want)
+		}
+	}
+}
+
+// Keys that no Bind names and no Ignore covers are refused, whatever the
+// flags and the environment say, with the closest known key as a hint.
+func TestUnknownKeys(t *testing.T) {
+	tests := []struct {
+		name   string
+		yaml   string
+		ignore []string
+		key    string // the key named, as written
+		hint   string // "" for no hint
+	}{
+		{"top level", "bogus_key: 1\n", nil, "bogus_key", ""},
+		{"null value", "bogus:\n", nil, "bogus", ""},
+		{"list value", "extra: [1, 2]\n", nil, "extra", ""},
+		{"among known keys", "id: 3\nbatch:\n  maxAmount: 4\nzzz: 1\n", nil, "zzz", ""},
+		{"nested typo", "batch:\n  maxAmout: 5\n", nil, "batch.maxAmout", "batch.maxAmount"},
+		{"swapped letters", "server:\n  nmae: x\n", nil, "server.nmae", "server.name"},
+		{"nothing close", "batch:\n  size: 5\n", nil, "batch.size", ""},
+		{"short key, two edits", "xy: 1\n", nil, "xy", ""},
+		{"short key, one edit", "ib: 1\n", nil, "ib", "id"},
+		{"wrong section", "maxAmount: 5\n", nil, "maxAmount", "batch.maxAmount"},
+		{"wrong section, other case", "server:\n  PERIOD: 5s\n", nil, "server.PERIOD", "loop.period"},
+		{"prefix", "loop:\n  per: 3s\n", nil, "loop.per", "loop.period"},
+		{"longer", "server:\n  name_of_it: x\n", nil, "server.name_of_it", "server.name"},
+		{"as written", "BATCH:\n  MaxAmout: 5\n", nil, "BATCH.MaxAmout", "batch.maxAmount"},
+		{"unknown section", "servr:\n  name: x\n", nil, "servr", "server"},
+		{"section by prefix", "batches:\n  maxAmount: 5\n", nil, "batches", "batch"},
+		{"dotted key", "\"batch.maxAmount\": 5\n", nil, `"batch.maxAmount"`, "batch.maxAmount"},
+		{"in a merged mapping", "batch:\n  <<: {maxAmount: 3, extra: 1}\n", nil, "batch.extra", ""},
+		{"ignore is per part", "extras: 1\n", []string{"extra"}, "extras", ""},
+		{"beside an ignored key", "x:\n  y: 1\n  z: 2\n", []string{"x.y"}, "x.z", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			file := writeFile(t, "c.yaml", tc.yaml)
+			s := newSettings()
+			s.set.Ignore(tc.ignore...)
+			// Every setting comes from a flag: the file is checked all the same.
+			args := []string{"--config", file, "--name=n", "--count=1", "--wait=1s", "--id=1"}
+			err := s.set.Load(args, env{}.lookup)
+			want := "unknown key " + tc.key
+			if tc.hint != "" {
+				want += "; did you mean " + tc.hint + "?"
+			}
+			ce := badValue(t, err, "config", file+": "+want)
+			if tc.hint == "" && strings.Contains(ce.Error(), "did you mean") {
+				t.Errorf("error %q has a hint, want none", ce)
+			}
+		})
+	}
+}
+
+func TestSectionGivenAValue(t *testing.T) {
+	for name, content := range map[string]string{
+		"scalar": "server: x\n",
+		"list":   "server: [a]\n",
+		"alias":  "id: &v 1\nserver: *v\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			file := writeFile(t, "c.yaml", content)
+			s := newSettings()
+			err := s.set.Load([]string{"--config", file}, env{}.lookup)
+			badValue(t, err, "config", file+": key server is a section, not a setting; did you mean server.name?")
+		})
+	}
+}
+
+func TestKnownAndIgnoredKeys(t *testing.T) {
+	tests := []struct {
+		name   string
+		yaml   string
+		ignore []string
+		want   values
+	}{
+		{"case-insensitive", "BATCH:\n  MAXAMOUNT: 44\nLoop:\n  Period: 250ms\nID: 2\n", nil, values{"default-name", 44, 250 * time.Millisecond, 2}},
+		{"ignored key", "extra: 1\nid: 2\n", []string{"extra"}, values{"default-name", 1, time.Second, 2}},
+		{"ignored section and its children", "extra:\n  a: 1\n  b:\n    c: [1, 2]\nid: 2\n", []string{"extra"}, values{"default-name", 1, time.Second, 2}},
+		{"ignore is case-insensitive", "EXTRA:\n  A: 1\n", []string{"Extra"}, values{"default-name", 1, time.Second, 0}},
+		{"several prefixes", "a: 1\nb: 2\n", []string{"a", "b"}, values{"default-name", 1, time.Second, 0}},
+		{"ignored key in a section", "batch:\n  maxAmount: 3\n  note: x\n", []string{"batch.note"}, values{"default-name", 3, time.Second, 0}},
+		{"parent of an ignored key", "x:\n  y:\n    z: 1\n", []string{"x.y"}, values{"default-name", 1, time.Second, 0}},
+		{"both key and section", "server:\n  name: a\nname: b\n", nil, values{"a", 1, time.Second, 0}},
+		{"alias to a section", "loop: &l\n  period: 2s\nbatch:\n  maxAmount: 5\n", nil, values{"default-name", 5, 2 * time.Second, 0}},
+		{"empty trailing document", "id: 4\n---\n", nil, values{"default-name", 1, time.Second, 4}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSettings()
+			s.set.Ignore(tc.ignore...)
+			if err := s.set.Load([]string{"--config", writeFile(t, "c.yaml", tc.yaml)}, env{}.lookup); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.values(); got != tc.want {
+				t.Errorf("values %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -331,9 +515,14 @@ func TestConfigFileProblems(t *testing.T) {
 	badValue(t, err, "config", missing)
 
 	for name, content := range map[string]string{
-		"not yaml":       "a: [unclosed\n",
-		"list top level": "- a\n- b\n",
-		"scalar top":     "just text\n",
+		"not yaml":         "a: [unclosed\n",
+		"list top level":   "- a\n- b\n",
+		"scalar top":       "just text\n",
+		"two documents":    "id: 1\n---\nid: 2\n",
+		"bad 2nd document": "id: 1\n---\na: [unclosed\n",
+		"merge of a value": "batch:\n  <<: 5\n",
+		"merge of itself":  "batch: &b\n  <<: *b\n",
+		"merge of a list":  "batch:\n  <<: [[1]]\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			file := writeFile(t, "bad.yaml", content)

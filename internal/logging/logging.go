@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -54,8 +55,24 @@ func ParseFormat(s string) (string, error) {
 	return "", fmt.Errorf("unknown log format %q (want console or json)", s)
 }
 
+// FlushInterval is how often a buffered logger writes what it gathered: at
+// most this much of the log is lost when the process is killed.
+const FlushInterval = 100 * time.Millisecond
+
 // New returns a logger writing to w (os.Stdout when nil) at level, in format.
+// Each line is written before the call returns.
 func New(level, format string, w io.Writer) (*zap.Logger, error) {
+	return newLogger(level, format, w, false)
+}
+
+// NewBuffered is New with lines gathered in memory and written every
+// FlushInterval, when 256 KiB are pending, and on Sync (every exit path
+// calls it), so that an event loop logging a line never waits on w.
+func NewBuffered(level, format string, w io.Writer) (*zap.Logger, error) {
+	return newLogger(level, format, w, true)
+}
+
+func newLogger(level, format string, w io.Writer, buffered bool) (*zap.Logger, error) {
 	lvl, err := ParseLevel(level)
 	if err != nil {
 		return nil, err
@@ -73,8 +90,11 @@ func New(level, format string, w io.Writer) (*zap.Logger, error) {
 	} else {
 		enc = NewLineEncoder()
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
-	return zap.New(core), nil
+	ws := zapcore.Lock(zapcore.AddSync(w))
+	if buffered {
+		ws = &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(w), Size: 256 << 10, FlushInterval: FlushInterval}
+	}
+	return zap.New(zapcore.NewCore(enc, ws, lvl)), nil
 }
 
 // NewJSONEncoder writes one JSON object per line with keys time, level,

@@ -330,7 +330,7 @@ var (
 )
 
 // TestSourcesUseOnlyTheThreeResults parses every non-test Go file of the
-// module: outside this package nobody writes a "result" field by hand, and
+// module: outside this package nobody writes a "result" zap field by hand, and
 // every zap call that logs an action (a literal message) carries exactly one
 // of logging.Success, Fail or InProgress.
 func TestSourcesUseOnlyTheThreeResults(t *testing.T) {
@@ -363,19 +363,15 @@ func TestSourcesUseOnlyTheThreeResults(t *testing.T) {
 			return nil
 		}
 		loggingName := importName(f, "github.com/tp0/loteria/internal/logging", "logging")
+		zapName := importName(f, "go.uber.org/zap", "zap")
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
-			case *ast.BasicLit:
-				if n.Kind == token.STRING {
-					if v, err := strconv.Unquote(n.Value); err == nil && v == logging.ResultKey {
-						t.Errorf("%s: literal %q outside internal/logging: use logging.Success, Fail or InProgress", fset.Position(n.Pos()), v)
-					}
-				}
 			case *ast.SelectorExpr:
 				if id, ok := n.X.(*ast.Ident); ok && id.Name == loggingName && n.Sel.Name == "ResultKey" {
 					t.Errorf("%s: logging.ResultKey used outside internal/logging", fset.Position(n.Pos()))
 				}
 			case *ast.CallExpr:
+				checkResultField(t, fset, n, zapName)
 				checkLogCall(t, fset, n, loggingName)
 			}
 			return true
@@ -492,4 +488,21 @@ func TestMoreValueKinds(t *testing.T) {
 	)
 	matchLine(t, oneLine(t, buf), regexp.QuoteMeta(
 		`more | result: success | i8: -8 | i16: -16 | i32: -32 | u: 1 | u8: 8 | u16: 16 | u32: 32 | up: 64 | f32: 1.5 | nan: NaN | inf: -Inf | c: (1+2i) | c64: (3-1i) | at: 2024-03-05 07:08:09 | bin: AAEC | any: map[a\nb:1] | pt: map[x:1 y:2] | ints: [3 4]`))
+}
+
+// checkResultField reports a zap field constructor called with the key
+// "result" (zap.String("result", ...) and the like) outside this package.
+func checkResultField(t *testing.T, fset *token.FileSet, call *ast.CallExpr, zapName string) {
+	sel, ok := call.Fun.(*ast.SelectorExpr)
+	if !ok || len(call.Args) == 0 {
+		return
+	}
+	if id, ok := sel.X.(*ast.Ident); !ok || id.Name != zapName {
+		return
+	}
+	if lit, ok := call.Args[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+		if v, err := strconv.Unquote(lit.Value); err == nil && v == logging.ResultKey {
+			t.Errorf("%s: zap field %q outside internal/logging: use logging.Success, Fail or InProgress", fset.Position(lit.Pos()), v)
+		}
+	}
 }

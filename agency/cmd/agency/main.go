@@ -8,11 +8,13 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/tp0/loteria/internal/config"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/internal/shutdown"
+	"github.com/tp0/loteria/secure"
 )
 
 func main() {
@@ -93,7 +96,7 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	set := config.New("agency", "config", "CLI_CONFIG")
 	fs := set.Flags()
 	id := fs.Uint32("id", 0, "agency id, 1..N (required)")
-	server := fs.String("server", agency.DefaultServer, "event server address, host:port")
+	server := fs.String("server", agency.DefaultServer, "event server address, host:port; several, comma-separated, are tried in turn")
 	bets := fs.String("bets", "", "CSV file of bets (default .data/agency-<id>.csv)")
 	batch := fs.Int("batch-max-amount", agency.DefaultBatchMaxAmount, "most bets per batch (a batch is also cut to fit 8 KiB)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -103,6 +106,11 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	retryMax := fs.Duration("retry-max", agency.DefaultRetryMax, "longest reconnect or poll delay")
 	giveUp := fs.Duration("give-up", agency.DefaultGiveUp, "stop after failing to reconnect for this long")
 	ioTimeout := fs.Duration("io-timeout", agency.DefaultIOTimeout, "dial timeout and longest wait for an ACK")
+	key := fs.String("key", "", "this agency's private key file (bin/keygen writes agency-<id>.key)")
+	serverPub := fs.String("server-pub", "", "the server's public key file (server.pub)")
+	insecure := fs.Bool("insecure", false, "speak plaintext, without keys, to a server run with --insecure")
+	signPub := fs.String("sign-pub", "", "the server's signing key (server-sign.pub); default: beside --server-pub when it exists")
+	receiptFile := fs.String("receipt", "", "where to save the server's receipt (default: <bets file>.receipt.json)")
 	set.Bind("id", []string{"CLI_ID"}, "id")
 	set.Bind("server", []string{"CLI_SERVER_ADDRESS"}, "server.address")
 	set.Bind("bets", []string{"CLI_BETS"}, "bets.file", "bets")
@@ -114,6 +122,12 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	set.Bind("retry-max", []string{"CLI_RETRY_MAX"}, "retry.max")
 	set.Bind("give-up", []string{"CLI_GIVE_UP"}, "retry.give_up")
 	set.Bind("io-timeout", []string{"CLI_IO_TIMEOUT"}, "io_timeout")
+	set.Bind("key", []string{"CLI_KEY"}, "security.key")
+	set.Bind("server-pub", []string{"CLI_SERVER_PUB"}, "security.server_pub")
+	set.Bind("insecure", []string{"CLI_INSECURE"}, "security.insecure")
+	set.Bind("sign-pub", []string{"CLI_SIGN_PUB"}, "security.sign_pub")
+	set.Bind("receipt", []string{"CLI_RECEIPT"}, "receipt")
+	set.Ignore("loop")
 	fs.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: agency --id N [flags]\n\n%s\nSingle-bet mode: set all of %s to send that one bet.\n",
 			set.Usage(), strings.Join(singleBetEnv, ", "))
@@ -140,8 +154,17 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	case *ioTimeout < 100*time.Millisecond:
 		return nil, bad("io-timeout", "must be at least 100ms, got %v", *ioTimeout)
 	}
-	if _, _, err := net.SplitHostPort(*server); err != nil {
-		return nil, bad("server", "%q is not host:port: %v", *server, err)
+	var servers []string
+	for _, addr := range strings.Split(*server, ",") {
+		addr = strings.TrimSpace(addr)
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, bad("server", "%q is not host:port: %v", addr, err)
+		}
+		servers = append(servers, addr)
+	}
+	sec, err := loadKeys(*key, *serverPub, *signPub, *insecure)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := logging.ParseLevel(*level); err != nil {
 		return nil, bad("log-level", "%v", err)
@@ -156,6 +179,9 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	if *bets == "" {
 		*bets = fmt.Sprintf(".data/agency-%d.csv", *id)
 	}
+	if *receiptFile == "" && single == nil {
+		*receiptFile = *bets + ".receipt.json"
+	}
 	log, err := logging.New(*level, *format, stdout)
 	if err != nil {
 		return nil, err
@@ -165,13 +191,14 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 		fields = append(fields, zap.String(kv[0], kv[1]))
 	}
 	if single != nil {
-		fields = append(fields, zap.String("mode", "single_bet"))
+		fields = append(fields, zap.String("bets_from", "environment"))
 	}
+	fields = append(fields, zap.String("mode", sec.mode), zap.String("sign_pub_used", sec.signPath))
 	log.Info("config", fields...)
 	return &settings{
 		cfg: agency.Config{
 			Agency:         *id,
-			Server:         *server,
+			Servers:        servers,
 			BatchMaxAmount: *batch,
 			Wait:           *wait,
 			RetryBase:      *retryBase,
@@ -180,11 +207,70 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 			IOTimeout:      *ioTimeout,
 			LogEachBet:     single != nil,
 			Logger:         log,
+			Key:            sec.key,
+			ServerPub:      sec.serverPub,
+			SignPub:        sec.signPub,
+			ReceiptFile:    *receiptFile,
 		},
 		bets:   *bets,
 		single: single,
 		log:    log,
 	}, nil
+}
+
+// security is the agency's keys, loaded from the files its settings name.
+type security struct {
+	mode      string // secure or insecure, for the config line
+	key       *secure.PrivateKey
+	serverPub secure.PublicKey
+	signPub   ed25519.PublicKey
+	signPath  string
+}
+
+// loadKeys reads the key files, insisting on keys or --insecure.
+func loadKeys(keyPath, serverPubPath, signPubPath string, insecure bool) (security, error) {
+	bad := func(name, format string, a ...any) error {
+		return &config.Error{Setting: name, Err: fmt.Errorf(format, a...)}
+	}
+	switch {
+	case insecure && (keyPath != "" || serverPubPath != ""):
+		return security{}, bad("insecure", "--insecure and --key/--server-pub exclude each other; give one")
+	case insecure:
+		return security{mode: "insecure"}, nil
+	case keyPath == "" && serverPubPath == "":
+		return security{}, bad("key", "give --key and --server-pub (the agency proves its identity and its "+
+			"connection is encrypted) or --insecure (plaintext, for a server run with --insecure); refusing to start with neither")
+	case keyPath == "":
+		return security{}, bad("key", "--server-pub is set but --key is not: give this agency's private key file too")
+	case serverPubPath == "":
+		return security{}, bad("server-pub", "--key is set but --server-pub is not: give the server's public key file too")
+	}
+	key, err := secure.LoadPrivateKey(keyPath)
+	if err != nil {
+		return security{}, bad("key", "%v", err)
+	}
+	pub, err := secure.LoadPublicKey(serverPubPath)
+	if err != nil {
+		return security{}, bad("server-pub", "%v", err)
+	}
+	sec := security{mode: "secure", key: &key, serverPub: pub}
+	if signPubPath == "" {
+		if guess := filepath.Join(filepath.Dir(serverPubPath), secure.VerifyKeyFile); fileExists(guess) {
+			signPubPath = guess
+		}
+	}
+	if signPubPath != "" {
+		if sec.signPub, err = secure.LoadVerifyKey(signPubPath); err != nil {
+			return security{}, bad("sign-pub", "%v", err)
+		}
+		sec.signPath = signPubPath
+	}
+	return sec, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // singleBet reads single-bet mode's variables: all set means one bet to

@@ -618,3 +618,23 @@ func TestSingleBetEnvNames(t *testing.T) {
 		t.Errorf("one variable: %v", err)
 	}
 }
+
+// A key the agency does not read stops it with status 2 and names the key
+// (with the closest known one when there is one); loop.* is accepted.
+func TestUnknownConfigKeys(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"top level", courseConfig + "bogus_key: 1\n", "unknown key bogus_key"},
+		{"nested typo", "log: {levle: debug}\n", "unknown key log.levle; did you mean log.level?"},
+		{"section given a value", "log: debug\n", "key log is a section, not a setting; did you mean log.level or log.format?"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeTemp(t, "config.yaml", tc.yaml)
+			r := runMain(t, []string{"--config", path}, env{"CLI_ID": "1"})
+			want := "agency: setting config: config file " + path + ": " + tc.want + "\n"
+			if r.code != 2 || r.stderr != want || r.stdout != "" {
+				t.Errorf("exit %d stderr %q stdout %q, want exit 2 and stderr %q", r.code, r.stderr, r.stdout, want)
+			}
+		})
+	}
+}

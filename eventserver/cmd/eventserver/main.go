@@ -1,7 +1,9 @@
 // Command eventserver runs the lottery's central server.
 //
 // Settings come from flags, then SERVER_* environment variables, then the
-// YAML file named by --config, then defaults. Bad settings exit with status 2.
+// YAML file named by --config, then defaults. Bad settings exit with status
+// 2; a server that cannot start, or whose store fails, exits with status 1
+// so that its supervisor restarts it and recovery runs.
 package main
 
 import (
@@ -10,6 +12,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -17,16 +23,21 @@ import (
 	"github.com/tp0/loteria/internal/config"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/internal/shutdown"
+	"github.com/tp0/loteria/metrics"
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, shutdown.Notify()))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, shutdown.Notify(), hup))
 }
 
 // run is the whole program; the first signal on sigs starts a graceful
-// drain, and a second one kills the process the default way.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool), sigs <-chan os.Signal) int {
-	cfg, log, err := load(args, stdout, env)
+// drain, and a second one kills the process the default way. A signal on
+// hup re-reads the agencies' public keys.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) (string, bool),
+	sigs, hup <-chan os.Signal) int {
+	cfg, err := eventserver.LoadConfig("eventserver", args, stdout, env)
 	if errors.Is(err, config.ErrHelp) {
 		return 0
 	}
@@ -34,14 +45,50 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 		fmt.Fprintf(stderr, "eventserver: %v\n", err)
 		return 2
 	}
+	log := cfg.Logger
 	defer log.Sync()
+	var m *metrics.Lottery
+	if cfg.MetricsListen != "" {
+		m = metrics.New(cfg.Agencies)
+		cfg.Observer = m
+	}
+	var started atomic.Pointer[eventserver.Server] // set once recovery is done
+	health := metrics.Health{
+		Live: func() error {
+			srv := started.Load()
+			if srv == nil {
+				return nil // recovering: alive, not ready
+			}
+			select {
+			case <-srv.Ready():
+			default:
+				return nil
+			}
+			if since := time.Since(srv.LastTick()); since > 5*time.Second {
+				return fmt.Errorf("event loops have not ticked for %v", since.Round(time.Millisecond))
+			}
+			return nil
+		},
+		Ready: func() error { return ready(started.Load()) },
+	}
+	ctx, cancel := shutdown.OnSignal(ctx, sigs, log)
+	defer cancel()
+	if m != nil {
+		// Up before recovery, so /readyz can say the server is recovering.
+		_, wait, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(m.Registry(), health), log)
+		if err != nil {
+			log.Error("server_start", logging.Fail, zap.Error(err))
+			return 1
+		}
+		defer wait()
+	}
 	srv, err := eventserver.New(cfg)
 	if err != nil {
 		log.Error("server_start", logging.Fail, zap.Error(err))
 		return 1
 	}
-	ctx, cancel := shutdown.OnSignal(ctx, sigs, log)
-	defer cancel()
+	started.Store(srv)
+	go reloadKeys(ctx, cfg, hup)
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("server_exit", logging.Fail, zap.Error(err))
 		return 1
@@ -50,7 +97,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 	return 0
 }
 
-func load(args []string, stdout io.Writer, env func(string) (string, bool)) (eventserver.Config, *zap.Logger, error) {
-	cfg, err := eventserver.LoadConfig("eventserver", args, stdout, env)
-	return cfg, cfg.Logger, err
+// ready is the readiness check: the server accepts agencies and its store
+// can write.
+func ready(srv *eventserver.Server) error {
+	switch {
+	case srv == nil:
+		return errors.New("recovering the store")
+	case srv.Draining():
+		return errors.New("draining after a signal")
+	case srv.Store().Err() != nil:
+		return fmt.Errorf("store failed: %w", srv.Store().Err())
+	}
+	select {
+	case <-srv.Ready():
+		return nil
+	default:
+		return errors.New("not listening yet")
+	}
+}
+
+// reloadKeys re-reads the agencies' public keys on each signal on hup, so a
+// replaced agency-I.pub takes effect for new connections without a restart.
+func reloadKeys(ctx context.Context, cfg eventserver.Config, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if cfg.Keys == nil {
+			cfg.Logger.Warn("keys_reload", logging.Fail, zap.String("reason", "the server runs --insecure: no keys to reload"))
+			continue
+		}
+		if err := cfg.Keys.Reload(); err != nil {
+			cfg.Logger.Error("keys_reload", logging.Fail, zap.Error(err), zap.String("kept", "the keys loaded before"))
+			continue
+		}
+		cfg.Logger.Info("keys_reload", logging.Success, zap.Int("agencies_without_key", len(cfg.Keys.Missing())))
+	}
 }

@@ -1,4 +1,4 @@
-package persist
+package filestore
 
 import (
 	"bufio"
@@ -9,7 +9,6 @@ import (
 	"iter"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/tp0/loteria/frame"
 )
@@ -20,12 +19,9 @@ type Bet struct {
 	frame.Bet
 }
 
-// HasWon reports whether b's number is the winning number.
-func HasWon(b Bet, winningNumber uint16) bool { return b.Number == winningNumber }
-
-// appendRow appends b as one bets.csv row, quoted the way Python's csv
+// AppendRow appends b as one bets.csv row, quoted the way Python's csv
 // module does with QUOTE_MINIMAL and its default "\r\n" line terminator.
-func appendRow(dst []byte, agency uint32, b *frame.Bet) []byte {
+func AppendRow(dst []byte, agency uint32, b *frame.Bet) []byte {
 	dst = strconv.AppendUint(dst, uint64(agency), 10)
 	dst = append(dst, ',')
 	dst = appendField(dst, b.FirstName)
@@ -43,7 +39,7 @@ func appendRow(dst []byte, agency uint32, b *frame.Bet) []byte {
 // appendField quotes s only when it holds a comma, a quote or a line break,
 // doubling any quote inside, as QUOTE_MINIMAL does.
 func appendField(dst []byte, s string) []byte {
-	if !strings.ContainsAny(s, ",\"\r\n") {
+	if !needsQuotes(s) {
 		return append(dst, s...)
 	}
 	dst = append(dst, '"')
@@ -54,6 +50,17 @@ func appendField(dst []byte, s string) []byte {
 		dst = append(dst, s[i])
 	}
 	return append(dst, '"')
+}
+
+// needsQuotes reports whether s holds a comma, a quote or a line break.
+func needsQuotes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ',', '"', '\r', '\n':
+			return true
+		}
+	}
+	return false
 }
 
 // LoadBets streams the bets of a bets.csv file in the order they were
@@ -90,7 +97,9 @@ const maxRow = 1 << 20
 // (encoding/csv would turn a quoted "\r\n" into "\n").
 type rowReader struct {
 	br     *bufio.Reader
-	line   int // line the next row starts on
+	line   int   // line the next row starts on
+	off    int64 // bytes consumed so far: the end of the last row read
+	ended  bool  // the last row read ended with a line break
 	row    []byte
 	field  []byte
 	fields [6]string
@@ -100,10 +109,12 @@ type rowReader struct {
 func (r *rowReader) read() (int, error) {
 	line := r.line
 	r.row = r.row[:0]
+	r.ended = false
 	quotes := 0
 	for {
 		chunk, err := r.br.ReadSlice('\n')
 		r.row = append(r.row, chunk...)
+		r.off += int64(len(chunk))
 		quotes += bytes.Count(chunk, []byte{'"'})
 		if len(r.row) > maxRow {
 			return line, fmt.Errorf("row is longer than %d bytes", maxRow)
@@ -125,6 +136,7 @@ func (r *rowReader) read() (int, error) {
 		}
 		r.line++
 		if quotes%2 == 0 {
+			r.ended = true
 			break
 		}
 	}

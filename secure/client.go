@@ -1,0 +1,295 @@
+package secure
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/flynn/noise"
+
+	"github.com/tp0/loteria/frame"
+)
+
+// RefusedError is a server's plaintext ERROR frame in answer to message 1:
+// it refuses the handshake (busy, draining) or does not speak this layer.
+type RefusedError struct {
+	Code   frame.Code
+	Reason string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("secure: server refused the handshake: ERROR %s: %s", e.Code, e.Reason)
+}
+
+// ClientConn is the agency's side of a secured connection. One goroutine may
+// write frames while another reads them; Peek and Discard are for a single
+// reader.
+type ClientConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+
+	recv *cipherState
+	buf  []byte // decrypted frames; buf[off:] not yet discarded
+	off  int
+	rerr error // fatal read error
+
+	wmu  sync.Mutex
+	send *cipherState
+	fbuf []byte // frames to seal
+	wbuf []byte // records to write
+	werr error  // a failed write leaves the record stream broken
+}
+
+// Client performs the handshake as agency key over conn with a server whose
+// static key is server, within timeout (0: no deadline), then clears conn's
+// deadline. A plaintext ERROR answer is a *RefusedError.
+func Client(conn net.Conn, key PrivateKey, server PublicKey, timeout time.Duration) (*ClientConn, error) {
+	return client(conn, key, server, timeout, nil)
+}
+
+// client is Client with the source of the ephemeral key, for repeatable tests.
+func client(conn net.Conn, key PrivateKey, server PublicKey, timeout time.Duration, rand io.Reader) (*ClientConn, error) {
+	if timeout > 0 {
+		if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return nil, fmt.Errorf("secure: set handshake deadline: %w", err)
+		}
+		defer conn.SetDeadline(time.Time{})
+	}
+	cfg := handshakeConfig(newStaticKey(key), rand)
+	cfg.Initiator, cfg.PeerStatic = true, server[:]
+	hs, err := noise.NewHandshakeState(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	msg1 := make([]byte, HeaderSize, HeaderSize+Handshake1Size)
+	msg1[0], msg1[1], msg1[2] = KindHandshake1, 0, Handshake1Size
+	if msg1, _, _, err = hs.WriteMessage(msg1, nil); err != nil {
+		return nil, fmt.Errorf("%w: write message 1: %w", ErrHandshake, err)
+	}
+	if _, err := conn.Write(msg1); err != nil {
+		return nil, fmt.Errorf("secure: send handshake: %w", err)
+	}
+
+	r := bufio.NewReaderSize(conn, MaxRecordSize)
+	b, err := r.Peek(1)
+	if err != nil {
+		return nil, fmt.Errorf("secure: read handshake answer: %w", err)
+	}
+	switch b[0] {
+	case KindHandshake2:
+	case frame.Version:
+		return nil, refusal(r)
+	default:
+		return nil, fmt.Errorf("%w: server answered with a %s, neither a %s nor a plaintext frame",
+			ErrRecord, kindName(b[0]), kindName(KindHandshake2))
+	}
+	if b, err = r.Peek(HeaderSize); err != nil {
+		return nil, fmt.Errorf("secure: read handshake answer: %w", eof(err))
+	}
+	size, err := checkHeader(b, KindHandshake2)
+	if err != nil {
+		return nil, err
+	}
+	if b, err = r.Peek(HeaderSize + size); err != nil {
+		return nil, fmt.Errorf("secure: read handshake answer: %w", eof(err))
+	}
+	_, toServer, toAgency, err := hs.ReadMessage(nil, b[HeaderSize:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: message 2 does not decrypt: %w", ErrHandshake, err)
+	}
+	if _, err := r.Discard(HeaderSize + size); err != nil {
+		return nil, fmt.Errorf("secure: read handshake answer: %w", err)
+	}
+	c := &ClientConn{conn: conn, r: r}
+	if c.send, err = newCipherState(toServer); err != nil {
+		return nil, err
+	}
+	if c.recv, err = newCipherState(toAgency); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// refusal reads the plaintext frame a server answered message 1 with.
+func refusal(r *bufio.Reader) error {
+	var dec frame.Decoder
+	f, err := dec.Next(r)
+	if err != nil {
+		return fmt.Errorf("%w: server answered with a plaintext frame that does not decode: %w", ErrHandshake, err)
+	}
+	if e, ok := f.(*frame.Error); ok {
+		return &RefusedError{Code: e.Code, Reason: e.Reason}
+	}
+	return fmt.Errorf("%w: server answered the handshake with a plaintext %s frame", ErrHandshake, f.Type())
+}
+
+// eof turns an end of stream inside a record into io.ErrUnexpectedEOF.
+func eof(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// WriteFrame encodes f and sends it as one transport record.
+func (c *ClientConn) WriteFrame(f frame.Frame) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	var err error
+	if c.fbuf, err = frame.Append(c.fbuf[:0], f); err != nil {
+		return err
+	}
+	return c.writeLocked(c.fbuf)
+}
+
+// Write sends p, which must hold whole encoded frames, one transport record
+// per frame, with a single Write on the connection; so frame.Write works on
+// a ClientConn as it does on a net.Conn.
+func (c *ClientConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.writeLocked(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *ClientConn) writeLocked(frames []byte) error {
+	if c.werr != nil {
+		return c.werr
+	}
+	// Check every frame first: a record sealed but not sent would use up a
+	// nonce the server then waits for.
+	for rest := frames; len(rest) > 0; {
+		size := frameSize(rest)
+		if err := checkFrame(rest[:size]); err != nil {
+			return fmt.Errorf("secure: write: %w", err)
+		}
+		rest = rest[size:]
+	}
+	records := c.wbuf[:0]
+	for len(frames) > 0 {
+		size := frameSize(frames)
+		var err error
+		if records, err = c.send.seal(records, frames[:size]); err != nil {
+			c.werr = fmt.Errorf("secure: write: %w", err)
+			return c.werr
+		}
+		frames = frames[size:]
+	}
+	c.wbuf = records[:0]
+	if _, err := c.conn.Write(records); err != nil {
+		c.werr = fmt.Errorf("secure: an earlier write failed: %w", err)
+		return err
+	}
+	return nil
+}
+
+// frameSize is the size of the frame b starts with, as far as b holds it.
+func frameSize(b []byte) int {
+	if len(b) < frame.HeaderSize {
+		return len(b)
+	}
+	return min(len(b), frame.HeaderSize+int(binary.BigEndian.Uint16(b[2:4])))
+}
+
+// Peek returns the next n decrypted bytes, reading and decrypting records
+// from the connection as needed. Like a bufio.Reader it returns io.EOF when
+// the connection ends between records and io.ErrUnexpectedEOF inside one;
+// an error wrapping ErrDecrypt or ErrRecord means the connection cannot be
+// trusted any further.
+func (c *ClientConn) Peek(n int) ([]byte, error) {
+	if n > frame.MaxSize {
+		return nil, fmt.Errorf("%w: peek of %d bytes, more than a frame", frame.ErrTooLarge, n)
+	}
+	for len(c.buf)-c.off < max(n, 1) {
+		if err := c.readRecord(); err != nil {
+			return c.buf[c.off:], err
+		}
+	}
+	if n <= 0 {
+		return c.buf[c.off:], nil
+	}
+	return c.buf[c.off : c.off+n], nil
+}
+
+// Discard drops the next n decrypted bytes; n <= 0 drops all that are held.
+func (c *ClientConn) Discard(n int) (int, error) {
+	held := len(c.buf) - c.off
+	var err error
+	switch {
+	case n <= 0:
+		n = held
+	case n > held:
+		n, err = held, io.ErrShortBuffer
+	}
+	c.off += n
+	if c.off == len(c.buf) {
+		c.buf, c.off = c.buf[:0], 0
+	}
+	return n, err
+}
+
+// readRecord reads and decrypts the next transport record onto buf.
+func (c *ClientConn) readRecord() error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	b, err := c.r.Peek(HeaderSize)
+	if err != nil {
+		if len(b) > 0 {
+			return eof(err)
+		}
+		return err
+	}
+	size, err := checkHeader(b, KindTransport)
+	if err != nil {
+		c.rerr = err
+		return err
+	}
+	if b, err = c.r.Peek(HeaderSize + size); err != nil {
+		return eof(err)
+	}
+	if c.off > 0 {
+		c.buf, c.off = c.buf[:copy(c.buf, c.buf[c.off:])], 0
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, 0, frame.MaxSize)
+	}
+	out, err := c.recv.open(c.buf, b[HeaderSize:])
+	if err != nil {
+		c.rerr = err
+		return err
+	}
+	if _, err := c.r.Discard(HeaderSize + size); err != nil {
+		return err
+	}
+	c.buf = out
+	return nil
+}
+
+// SetDeadline sets the connection's read and write deadlines.
+func (c *ClientConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
+// SetReadDeadline sets the connection's read deadline.
+func (c *ClientConn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the connection's write deadline.
+func (c *ClientConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+
+// Close closes the connection.
+func (c *ClientConn) Close() error { return c.conn.Close() }
+
+// Conn is the underlying connection, for its addresses; reading or writing
+// it directly breaks the record stream.
+func (c *ClientConn) Conn() net.Conn { return c.conn }
+
+var (
+	_ frame.Source = (*ClientConn)(nil)
+	_ frame.Source = (*ServerConn)(nil)
+	_ io.Writer    = (*ClientConn)(nil)
+)
