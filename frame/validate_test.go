@@ -277,7 +277,7 @@ func TestTypeAndCodeNames(t *testing.T) {
 		frame.CodeUnknownKey: "unknown_key", frame.CodeWrongAgency: "wrong_agency",
 		frame.CodeSecureRequired: "secure_required", frame.CodeInsecureServer: "insecure_server",
 		frame.CodeHandshake: "handshake_failed",
-		0: "code_0", 23: "code_23", 0xFFFF: "code_65535",
+		0:                   "code_0", 23: "code_23", 0xFFFF: "code_65535",
 	}
 	for c, want := range codes {
 		if got := c.String(); got != want {

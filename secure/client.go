@@ -162,6 +162,9 @@ func (c *ClientConn) writeLocked(frames []byte) error {
 	if c.werr != nil {
 		return c.werr
 	}
+	if len(frames) == 0 {
+		return nil
+	}
 	// Check every frame first: a record sealed but not sent would use up a
 	// nonce the server then waits for.
 	for rest := frames; len(rest) > 0; {

@@ -40,12 +40,25 @@ func drain(src frame.Source) ([]frame.Frame, error) {
 	}
 }
 
+// smallSession records a short session, so that the fuzzers' inputs stay
+// small enough to mutate and minimize quickly.
+func smallSession(f *testing.F) (*fixture, []byte, [][]byte) {
+	bet := frame.Bet{FirstName: "Ana", LastName: "Paz", Document: "12345678",
+		Birthdate: frame.NewDate(1990, 1, 2), Number: 42}
+	return recordFrames(f, [][]byte{
+		mustEncode(f, &frame.Hello{Agency: 2}),
+		mustEncode(f, &frame.Bets{First: 0, Bets: []frame.Bet{bet, bet}}),
+		mustEncode(f, &frame.Ping{Payload: []byte("ping")}),
+		mustEncode(f, &frame.Finished{Total: 2}),
+	})
+}
+
 // FuzzServerConn feeds arbitrary bytes, in arbitrary chunks, to a fresh
 // ServerConn: it must never panic, never consume plaintext, and never take
 // the peer for an agency, since no one but the agency can make a transport
 // record that decrypts.
 func FuzzServerConn(f *testing.F) {
-	fx, stream, _ := recordedStream(f)
+	fx, stream, _ := smallSession(f)
 	msg1 := stream[:HeaderSize+Handshake1Size]
 	f.Add(stream, []byte{})
 	f.Add(stream, []byte{0})
@@ -92,7 +105,7 @@ func FuzzServerConn(f *testing.F) {
 // session, so they decrypt; whatever the fuzzer changes, a frame that comes
 // out must be the one the agency sent at that place.
 func FuzzOpen(f *testing.F) {
-	fx, stream, frames := recordedStream(f)
+	fx, stream, frames := smallSession(f)
 	records := stream[HeaderSize+Handshake1Size:]
 	f.Add(records, []byte{})
 	f.Add(records, []byte{0})
@@ -116,8 +129,11 @@ func FuzzOpen(f *testing.F) {
 				t.Fatalf("frame %d decrypted but is not what the agency sent", i)
 			}
 		}
-		if (len(got) > 0) != (sc.Agency() == 2) {
-			t.Fatalf("%d frames decoded, Agency() = %d", len(got), sc.Agency())
+		// A frame out means its record decrypted, which proves the key; a
+		// record can also decrypt and hold no valid frame (the decoder then
+		// refuses it), but it can never prove another agency.
+		if a := sc.Agency(); (len(got) > 0 && a != 2) || (a != 0 && a != 2) {
+			t.Fatalf("%d frames decoded, Agency() = %d", len(got), a)
 		}
 	})
 }
@@ -127,7 +143,7 @@ func FuzzOpen(f *testing.F) {
 func FuzzRoundTrip(f *testing.F) {
 	fx := newFixture(f, 1)
 	f.Add([]byte("hello"), []byte{3, 1, 4})
-	f.Add(bytes.Repeat([]byte{0xE3}, 3*frame.MaxPayload), []byte{255})
+	f.Add(bytes.Repeat([]byte{0xE3}, 600), []byte{5, 255})
 	f.Fuzz(func(t *testing.T, payload, sizes []byte) {
 		s := newSession(t, fx, 1, nil)
 		var sent [][]byte

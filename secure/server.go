@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/flynn/noise"
 
@@ -12,6 +13,9 @@ import (
 
 // errNoHandshake is a caller's mistake: transport use before the handshake.
 var errNoHandshake = errors.New("secure: transport used before the handshake completed")
+
+// plainPool holds the frame-sized buffers records are decrypted into.
+var plainPool = sync.Pool{New: func() any { return new([frame.MaxSize]byte) }}
 
 // ServerConn is the server's side of one secured connection, a state machine
 // over the bytes an event loop has received: it does no I/O, never blocks
@@ -173,7 +177,12 @@ func (c *ServerConn) Discard(n int) (int, error) {
 	}
 	c.off += n
 	if c.off == len(c.buf) {
-		c.buf, c.off = c.buf[:0], 0
+		// Nothing held: give the buffer back, so an idle connection (an
+		// agency waiting for the draw) holds no plaintext buffer.
+		if cap(c.buf) == frame.MaxSize {
+			plainPool.Put((*[frame.MaxSize]byte)(c.buf[:frame.MaxSize]))
+		}
+		c.buf, c.off = nil, 0
 	}
 	return n, err
 }
@@ -198,7 +207,7 @@ func (c *ServerConn) openNext() error {
 		c.buf, c.off = c.buf[:copy(c.buf, c.buf[c.off:])], 0
 	}
 	if c.buf == nil {
-		c.buf = make([]byte, 0, frame.MaxSize)
+		c.buf = plainPool.Get().(*[frame.MaxSize]byte)[:0]
 	}
 	out, err := c.recv.open(c.buf, b[HeaderSize:])
 	if err != nil {
@@ -212,7 +221,9 @@ func (c *ServerConn) openNext() error {
 }
 
 // Seal appends to dst the transport record carrying frame f, which must be
-// exactly one encoded frame. It allocates only if dst must grow.
+// exactly one encoded frame. It allocates only if dst must grow. It works
+// from the handshake on, even after a receive error, so an ERROR frame can
+// still tell the agency why the connection closes.
 func (c *ServerConn) Seal(dst, f []byte) ([]byte, error) {
 	if !c.done {
 		return dst, errNoHandshake

@@ -85,13 +85,18 @@ func TestFramesBothWays(t *testing.T) {
 	}
 }
 
-// recordedStream returns the bytes an agency sends in a repeatable session
-// carrying frames, the frames, and the fixture to replay it against.
+// recordedStream returns the bytes agency 2 sends in a repeatable session
+// carrying sampleFrames, the frames, and the fixture to replay it against.
 func recordedStream(t testing.TB) (*fixture, []byte, [][]byte) {
+	t.Helper()
+	return recordFrames(t, sampleFrames(t))
+}
+
+// recordFrames is recordedStream carrying frames.
+func recordFrames(t testing.TB, frames [][]byte) (*fixture, []byte, [][]byte) {
 	t.Helper()
 	fx := newFixture(t, 3)
 	s := newSession(t, fx, 2, seeded(serverSeed))
-	frames := sampleFrames(t)
 	for _, f := range frames {
 		if _, err := s.client.Write(f); err != nil {
 			t.Fatal(err)
