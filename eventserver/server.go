@@ -4,6 +4,7 @@
 package eventserver
 
 import (
+	"container/list"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -92,7 +93,7 @@ type Server struct {
 	ready    chan struct{}
 	draining atomic.Bool
 	conns    atomic.Int64
-	pending  atomic.Int64
+	pending  pendingSet
 	idle     chan struct{} // signalled when the last connection closes while draining
 	refused  refusals
 	tick     atomic.Int64 // unix nanoseconds of the last tick, to tell that the loops run
@@ -288,16 +289,19 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if s.draining.Load() {
 		return refuse(frame.CodeShuttingDown, "server is shutting down; retry later")
 	}
-	if s.pending.Add(1) > int64(s.cfg.MaxPending) {
-		s.pending.Add(-1)
+	now := time.Now()
+	remote := c.RemoteAddr().String()
+	cs := &conn{srv: s, c: c, remote: remote, opened: now, dec: frame.Decoder{MaxSize: s.cfg.MaxFrame}}
+	evicted, ok := s.pending.admit(cs, now, s.cfg.MaxPending, evictAfter(s.cfg.HelloTimeout))
+	if !ok {
 		return refuse(frame.CodeTooManyConns, fmt.Sprintf("server has %d connections that have not said HELLO yet; retry later",
 			s.cfg.MaxPending))
 	}
+	if evicted != nil {
+		s.refused.add(frame.CodeTooManyConns)
+		evicted.Deliver(Refused{Code: frame.CodeTooManyConns, Reason: "this connection did not say HELLO and a newer one needed its place"})
+	}
 	s.conns.Add(1)
-	remote := c.RemoteAddr().String()
-	now := time.Now()
-	cs := &conn{srv: s, c: c, remote: remote, opened: now, pending: true,
-		dec: frame.Decoder{MaxSize: s.cfg.MaxFrame}}
 	cs.sess = NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.obs, s.limits())
 	cs.tr = s.newTransport(cs)
 	c.SetContext(cs)
@@ -326,9 +330,7 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	cs.closed.Store(true)
 	s.unpause(cs)
 	s.hub.Leave(cs, cs.sess.Agency())
-	if cs.pending {
-		s.pending.Add(-1)
-	}
+	s.pending.remove(cs)
 	state := cs.sess.State()
 	cs.sess.Step(Hangup{})
 	// A peer that leaves mid-frame loses those bytes: say so with a fail line.
@@ -369,7 +371,16 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	now := time.Now()
+	act := s.traffic(cs, c, time.Now())
+	if !cs.flush() {
+		return gnet.Close
+	}
+	return act
+}
+
+// traffic does OnTraffic's work; what the session sends gathers in cs.out
+// and leaves in one write when it returns.
+func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	for _, ev := range cs.takeMailbox() {
 		if _, timeout := ev.(TimedOut); timeout {
 			switch {
@@ -390,7 +401,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	received := false
-	for !cs.sess.Busy() && cs.sess.State() != Closed && c.OutboundBuffered() < OutboundLimit {
+	for !cs.sess.Busy() && cs.sess.State() != Closed && c.OutboundBuffered()+len(cs.out) < OutboundLimit {
 		f, err := cs.dec.Next(cs.tr)
 		if errors.Is(err, frame.ErrIncomplete) {
 			break
@@ -406,7 +417,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 			return gnet.Close
 		}
 	}
-	if c.OutboundBuffered() >= OutboundLimit {
+	if c.OutboundBuffered()+len(cs.out) >= OutboundLimit {
 		s.pause(cs, now)
 	} else {
 		s.unpause(cs)
@@ -457,6 +468,50 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	return min(100*time.Millisecond, s.cfg.ReadTimeout/4, s.cfg.HelloTimeout/4), gnet.None
 }
 
+// pendingSet is the budget of connections that have not said HELLO. When it
+// is spent, a newcomer takes the place of the oldest connection still
+// waiting if that one has had long enough to say HELLO (an agency needs
+// milliseconds), so connections holding places idle cannot lock agencies
+// out; only when every place is young is the newcomer refused.
+type pendingSet struct {
+	mu   sync.Mutex
+	list list.List // of *conn, oldest first
+}
+
+// evictAfter is how long a connection keeps its place before HELLO for sure.
+func evictAfter(helloTimeout time.Duration) time.Duration {
+	return min(max(helloTimeout/10, 100*time.Millisecond), time.Second)
+}
+
+// admit gives cs a place, taking it from the oldest connection if it is
+// older than minAge; it returns that connection, or false when full.
+func (p *pendingSet) admit(cs *conn, now time.Time, limit int, minAge time.Duration) (*conn, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var evicted *conn
+	if p.list.Len() >= limit {
+		oldest := p.list.Front()
+		if oldest == nil || now.Sub(oldest.Value.(*conn).opened) < minAge {
+			return nil, false
+		}
+		evicted = oldest.Value.(*conn)
+		p.list.Remove(oldest)
+		evicted.place = nil
+	}
+	cs.place = p.list.PushBack(cs)
+	return evicted, true
+}
+
+// remove gives cs's place back, if it has one.
+func (p *pendingSet) remove(cs *conn) {
+	p.mu.Lock()
+	if cs.place != nil {
+		p.list.Remove(cs.place)
+		cs.place = nil
+	}
+	p.mu.Unlock()
+}
+
 // refusals counts refused connections per code between summary lines.
 type refusals struct {
 	counts [frame.CodeHandshake + 1]atomic.Int64
@@ -491,16 +546,17 @@ func (r *refusals) report(log *zap.Logger, now time.Time) {
 // conn is a connection's context: its session, its transport, its decoder,
 // and a mailbox through which other goroutines hand it events.
 type conn struct {
-	srv     *Server
-	c       gnet.Conn
-	remote  string
-	opened  time.Time
-	sess    *Session
-	tr      transport
-	dec     frame.Decoder
-	out     []byte
-	pending bool // counted in the server's budget of connections before HELLO
-	wait    Wait // what the deadline was armed for
+	srv    *Server
+	c      gnet.Conn
+	remote string
+	opened time.Time
+	sess   *Session
+	tr     transport
+	dec    frame.Decoder
+	out    []byte
+	place  *list.Element // in the server's budget of connections before HELLO; guarded by pendingSet.mu
+	agency bool          // said HELLO
+	wait   Wait          // what the deadline was armed for
 
 	mu      sync.Mutex
 	mailbox []Event
@@ -530,24 +586,31 @@ func (cs *conn) takeMailbox() []Event {
 	return evs
 }
 
-// do carries out a session's output on the event loop and reports whether
-// the connection must close.
+// do carries out a session's output on the event loop, adding the frames
+// to send to cs.out, and reports whether the connection must close.
 func (cs *conn) do(out Output) bool {
-	wire, closing, err := cs.srv.hub.Carry(cs, cs.sess, out, cs.out[:0], cs.tr.appendFrame)
-	if cs.pending && cs.sess.Agency() != 0 && cs.sess.State() != Closed {
-		cs.pending = false // an agency now: it no longer counts against the budget before HELLO
-		cs.srv.pending.Add(-1)
+	wire, closing, err := cs.srv.hub.Carry(cs, cs.sess, out, cs.out, cs.tr.appendFrame)
+	cs.out = wire
+	if !cs.agency && cs.sess.Agency() != 0 && cs.sess.State() != Closed {
+		cs.agency = true // an agency now: it no longer counts against the budget before HELLO
+		cs.srv.pending.remove(cs)
 	}
-	if len(wire) > 0 {
-		if _, werr := cs.c.Write(wire); werr != nil {
-			return true
-		}
-	}
-	if cap(wire) > 4<<10 {
-		wire = nil // do not keep a large buffer for a connection that is mostly idle
-	}
-	cs.out = wire[:0]
 	return closing || err != nil
+}
+
+// flush writes what the session said during one callback in a single write
+// and reports whether the connection is still usable.
+func (cs *conn) flush() bool {
+	if len(cs.out) == 0 {
+		return true
+	}
+	_, err := cs.c.Write(cs.out)
+	if cap(cs.out) > 16<<10 {
+		cs.out = nil // do not keep a large buffer for a connection that is mostly idle
+	} else {
+		cs.out = cs.out[:0]
+	}
+	return err == nil
 }
 
 // rearm sets the deadline for what the session waits for.

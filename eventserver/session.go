@@ -231,7 +231,7 @@ func (s *Session) Wait() Wait {
 		return WaitNone
 	case s.state == AwaitingHello:
 		return WaitHello
-	case s.pinged:
+	case s.pinged && s.state == Waiting: // once the winners are sent, liveness no longer matters
 		return WaitPong
 	case s.state == Waiting:
 		return WaitIdle
@@ -253,6 +253,9 @@ func (s *Session) Step(ev Event) Output {
 	}
 	switch ev := ev.(type) {
 	case Received:
+		if s.draining {
+			return Output{} // nothing new is taken on: the peer resends it to the next server
+		}
 		return s.receive(ev.Frame, ev.Err)
 	case Stored:
 		return s.stored(ev.Result)
@@ -320,6 +323,9 @@ func (s *Session) receive(f frame.Frame, err error) Output {
 			s.obs.Batch("rejected", len(bets.Bets))
 			return s.enqueue(slot{send: s.reject(frame.CodeInvalidBet, bets.First+uint64(fe.Bet), err.Error())})
 		}
+		if f != nil && s.pingOnly {
+			return s.secureRequired(f)
+		}
 		if f != nil {
 			// A BETS with a bad bet where no BETS is allowed: the state is the problem.
 			return s.fail(frame.CodeUnexpected, fmt.Sprintf("%s not allowed while %s", f.Type(), s.state))
@@ -334,8 +340,7 @@ func (s *Session) receive(f frame.Frame, err error) Output {
 		return s.enqueue(slot{frame: f})
 	}
 	if s.pingOnly {
-		return s.fail(frame.CodeSecureRequired, fmt.Sprintf("%s sent without encryption; this server only "+
-			"accepts agencies with keys (give the agency --key and --server-pub)", f.Type()))
+		return s.secureRequired(f)
 	}
 	if s.state == AwaitingHello {
 		if h, ok := f.(*frame.Hello); ok {
@@ -358,6 +363,12 @@ func (s *Session) receive(f frame.Frame, err error) Output {
 		return s.enqueue(slot{frame: f})
 	}
 	return s.fail(frame.CodeUnexpected, fmt.Sprintf("%s not allowed while %s", f.Type(), s.state))
+}
+
+// secureRequired ends the session of a plaintext peer that sent f, which is not a PING.
+func (s *Session) secureRequired(f frame.Frame) Output {
+	return s.fail(frame.CodeSecureRequired, fmt.Sprintf("%s sent without encryption; this server only "+
+		"accepts agencies with keys (give the agency --key and --server-pub)", f.Type()))
 }
 
 // enqueue puts sl at the back of the window and answers what is ready at

@@ -132,9 +132,7 @@ func (t *secureTransport) start(cs *conn, now time.Time) (bool, bool) {
 		return false, cs.do(cs.sess.Step(Refused{Code: code, Reason: reason}))
 	}
 	cs.srv.obs.Handshake(true, took)
-	if _, werr := cs.c.Write(reply); werr != nil {
-		return false, true
-	}
+	cs.out = append(cs.out, reply...)
 	return true, false
 }
 
