@@ -106,7 +106,7 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	pingInterval := fs.Duration("ping-interval", DefaultPingInterval, "an agency waiting for the draw is PINGed after this much silence")
 	maxPending := fs.Int("max-pending", DefaultMaxPending, "connections that have not completed HELLO, at most")
 	maxFrame := fs.Int("max-frame", frame.MaxSize, "largest frame accepted, in bytes (64-8192); agencies learn it from WELCOME")
-	window := fs.Int("window", DefaultWindow, "most unanswered BETS/FINISHED per connection (1-1024); agencies learn it from WELCOME")
+	window := fs.Int("window", DefaultWindow, "most frames an agency may have unanswered (1-1024); agencies learn it from WELCOME")
 	grace := fs.Duration("shutdown-grace", DefaultShutdownGrace, "how long SIGTERM waits for in-flight batches")
 	retry := fs.Duration("retry-after", DefaultRetryAfter, "retry hint sent with NOT_READY")
 	rebuild := fs.Bool("rebuild-journal", false, "accept a damaged or missing bets.journal, rebuilding it from bets.csv (FINISHED facts are forgotten)")

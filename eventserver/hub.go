@@ -266,8 +266,12 @@ func (h *Hub) maybeDraw() {
 	h.mu.Unlock()
 	if err := h.draw(); err != nil {
 		h.log.Error("sorteo", logging.Fail, zap.Int("attempt", 1), zap.Error(err))
-		h.wg.Add(1)
-		go h.retryDraw()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !h.closed { // Close waits only for retries started before it
+			h.wg.Add(1)
+			go h.retryDraw()
+		}
 	}
 }
 

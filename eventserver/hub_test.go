@@ -1,13 +1,20 @@
 package eventserver
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"iter"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,21 +23,38 @@ import (
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/receipt"
 )
 
 // hangGuard bounds every wait in these tests; reaching it means a hang.
 const hangGuard = 20 * time.Second
 
-// recPeer is a Peer that records what the hub delivers to it.
+// hubWinning is the winning number of every lottery in these tests.
+const hubWinning = 7574
+
+// hubKey signs the receipts and commitments of these tests.
+var hubKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+
+func hubPub() ed25519.PublicKey { return hubKey.Public().(ed25519.PublicKey) }
+
+// recPeer is a Peer that records what the hub delivers to it; hook, when
+// set, runs inside Deliver, on the goroutine that delivers.
 type recPeer struct {
 	name   string
 	events chan Event
+	hook   func(Event)
 }
 
 func newRecPeer(name string) *recPeer { return &recPeer{name: name, events: make(chan Event, 64)} }
 
 // Deliver never blocks as long as a test reads what it asked for.
-func (p *recPeer) Deliver(ev Event) { p.events <- ev }
+func (p *recPeer) Deliver(ev Event) {
+	if p.hook != nil {
+		p.hook(ev)
+	}
+	p.events <- ev
+}
 
 // next waits for the next event.
 func (p *recPeer) next(t *testing.T) Event {
@@ -55,19 +79,40 @@ func (p *recPeer) none(t *testing.T) {
 	}
 }
 
-// openTestStore opens a store in dir whose log lines are observed.
-func openTestStore(t *testing.T, dir string, agencies int) (*persist.Store, *zap.Logger, *observer.ObservedLogs) {
+// hubStoreOptions are the faults a test injects into a store.
+type hubStoreOptions struct {
+	sync   func(*os.File) error
+	tamper func(agency uint32, first uint64, bets []frame.Bet)
+}
+
+// openHubStore opens a file store in dir whose log lines are observed.
+func openHubStore(t *testing.T, dir string, agencies int, o hubStoreOptions) (*persist.Store, *zap.Logger, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
-	st, err := persist.Open(dir, persist.Options{Agencies: agencies, WinningNumber: DefaultWinningNumber, Logger: log})
+	b, err := filestore.Open(dir, filestore.Options{Agencies: agencies, WinningNumber: hubWinning, Logger: log, Sync: o.sync})
 	if err != nil {
+		t.Fatalf("open file store: %v", err)
+	}
+	st, err := persist.New(b, persist.Options{Agencies: agencies, WinningNumber: hubWinning, Logger: log, Tamper: o.tamper})
+	if err != nil {
+		b.Close()
 		t.Fatalf("open store: %v", err)
 	}
 	return st, log, logs
 }
 
-// submit hands r to the hub on behalf of p and returns the store's answer.
+// closeHub closes the hub, then the store (which runs every callback left).
+func closeHub(t *testing.T, h *Hub, st *persist.Store) {
+	t.Helper()
+	h.Close()
+	if err := st.Close(); err != nil {
+		t.Fatalf("close store: %v", err)
+	}
+}
+
+// submit hands r to the hub on behalf of p and returns the store's answer,
+// failing on any other event delivered first.
 func submit(t *testing.T, h *Hub, p *recPeer, r *persist.Request) persist.Result {
 	t.Helper()
 	if err := h.Submit(p, r); err != nil {
@@ -88,16 +133,82 @@ func wantReplaced(t *testing.T, p *recPeer) {
 	}
 }
 
+func isDrawn(h *Hub) bool {
+	select {
+	case <-h.Drawn():
+		return true
+	default:
+		return false
+	}
+}
+
+// hubLottery is the data the TestHub* tests store: winners repeat inside an
+// agency and across agencies, and agency 3 has none.
+var hubLottery = map[uint32][]frame.Bet{
+	1: {hubBet("11111111", 7574), hubBet("22222222", 1), hubBet("11111111", 7574)},
+	2: {hubBet("11111111", 7574), hubBet("33333333", 7574), hubBet("44444444", 7575)},
+	3: {hubBet("55555555", 0)},
+}
+
+var hubLotteryWinners = map[uint32][]string{
+	1: {"11111111", "11111111"},
+	2: {"11111111", "33333333"},
+}
+
+func hubBet(doc string, number uint16) frame.Bet {
+	return frame.Bet{FirstName: "Juan", LastName: "Gómez", Document: doc, Birthdate: 19700101, Number: number}
+}
+
+// storeLottery uploads the lottery's bets through the hub and finishes
+// agencies 1 and 2, checking nothing is drawn yet.
+func storeLottery(t *testing.T, h *Hub, p *recPeer) {
+	t.Helper()
+	for a := uint32(1); a <= 3; a++ {
+		if r := submit(t, h, p, &persist.Request{Agency: a, Bets: hubLottery[a]}); r.Err != nil || r.Stored != len(hubLottery[a]) {
+			t.Fatalf("agency %d bets: %+v", a, r)
+		}
+	}
+	for a := uint32(1); a <= 2; a++ {
+		if r := submit(t, h, p, &persist.Request{Agency: a, Finish: true, Total: uint64(len(hubLottery[a]))}); r.Err != nil {
+			t.Fatalf("agency %d finish: %v", a, r.Err)
+		}
+		// The hub decides on a draw inside the store's callback, before
+		// Stored is read here: no draw now means none was started.
+		if isDrawn(h) {
+			t.Fatalf("drawn after %d of 3 agencies finished", a)
+		}
+		if _, _, drawn := h.Winners(1); drawn {
+			t.Fatalf("Winners says drawn after %d of 3 agencies finished", a)
+		}
+	}
+}
+
+func checkLotteryWinners(t *testing.T, h *Hub) {
+	t.Helper()
+	for a := uint32(1); a <= 3; a++ {
+		docs, c, drawn := h.Winners(a)
+		if !drawn || c == nil {
+			t.Fatalf("agency %d: Winners says not drawn", a)
+		}
+		if !reflect.DeepEqual(docs, hubLotteryWinners[a]) {
+			t.Errorf("agency %d winners %q, want %q", a, docs, hubLotteryWinners[a])
+		}
+	}
+}
+
 func TestHubClaimReplacesTheOlderConnection(t *testing.T) {
-	st, log, _ := openTestStore(t, t.TempDir(), 3)
-	defer st.Close()
-	h := NewHub(st, log)
-	defer h.Close()
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	defer closeHub(t, h, st)
 	a, b, c := newRecPeer("a"), newRecPeer("b"), newRecPeer("c")
 
-	h.Claim(a, 1)
+	if !h.Claim(a, 1) {
+		t.Fatal("first claim refused")
+	}
 	a.none(t)
-	h.Claim(b, 1)
+	if !h.Claim(b, 1) {
+		t.Fatal("a newer claim refused")
+	}
 	wantReplaced(t, a)
 	b.none(t)
 	h.Claim(b, 1) // the same connection again: nobody to replace
@@ -109,28 +220,55 @@ func TestHubClaimReplacesTheOlderConnection(t *testing.T) {
 	c.none(t)
 }
 
+// TestHubLateHelloFromAnOlderConnection checks the order connections joined
+// in decides a takeover: an older connection's late HELLO changes nothing.
+func TestHubLateHelloFromAnOlderConnection(t *testing.T) {
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	defer closeHub(t, h, st)
+	older, newer, newest := newRecPeer("older"), newRecPeer("newer"), newRecPeer("newest")
+	for _, p := range []*recPeer{older, newer, newest} {
+		h.Join(p)
+	}
+
+	if !h.Claim(newer, 1) {
+		t.Fatal("claim of the newer connection refused")
+	}
+	if h.Claim(older, 1) {
+		t.Fatal("a late HELLO from an older connection took the agency over")
+	}
+	older.none(t)
+	newer.none(t) // still the agency's connection
+	if !h.Claim(newest, 1) {
+		t.Fatal("claim of the newest connection refused")
+	}
+	wantReplaced(t, newer)
+	h.Leave(newest, 1)
+	if !h.Claim(older, 1) { // nobody holds the agency now
+		t.Fatal("claim of a free agency refused")
+	}
+	older.none(t)
+	newest.none(t)
+}
+
 func TestHubLeaveRemovesOnlyItsOwnClaim(t *testing.T) {
-	st, log, _ := openTestStore(t, t.TempDir(), 3)
-	defer st.Close()
-	h := NewHub(st, log)
-	defer h.Close()
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	defer closeHub(t, h, st)
 	a, b, c := newRecPeer("a"), newRecPeer("b"), newRecPeer("c")
 	for _, p := range []*recPeer{a, b, c} {
 		h.Join(p)
 	}
 
-	h.Claim(a, 1)
 	h.Claim(b, 1)
-	wantReplaced(t, a)
-	h.Leave(a, 1) // a lost agency 1 to b: its leaving must not drop b's claim
 	h.Claim(c, 1)
 	wantReplaced(t, b)
-	h.Leave(c, 1)
-	h.Claim(a, 1) // c's claim is gone, so nobody is replaced
-	a.none(t)
-	b.none(t)
+	h.Leave(b, 1) // b lost agency 1 to c: its leaving must not drop c's claim
+	h.Claim(a, 1) // a joined before c: c still holds the agency
 	c.none(t)
-	h.Leave(b, 0) // a connection that never said HELLO
+	h.Leave(c, 1)
+	h.Leave(a, 0) // a connection that never said HELLO
+	h.Leave(b, 0)
 
 	if peers := h.Peers(); len(peers) != 0 {
 		t.Fatalf("Peers after every connection left = %v, want none", peers)
@@ -149,74 +287,123 @@ func TestHubLeaveRemovesOnlyItsOwnClaim(t *testing.T) {
 	c.none(t)
 }
 
-// lottery is the data TestHub* tests store: winners repeat inside an agency
-// and across agencies, and agency 3 has none.
-var lottery = map[uint32][]frame.Bet{
-	1: {hubBet("11111111", 7574), hubBet("22222222", 1), hubBet("11111111", 7574)},
-	2: {hubBet("11111111", 7574), hubBet("33333333", 7574), hubBet("44444444", 7575)},
-	3: {hubBet("55555555", 0)},
+// hubConn is a connection without a socket: a session over the hub, a peer
+// for the hub to deliver to, and the frames it has sent, decoded.
+type hubConn struct {
+	*recPeer
+	s *Session
+	h *Hub
 }
 
-var lotteryWinners = map[uint32][]string{
-	1: {"11111111", "11111111"},
-	2: {"11111111", "33333333"},
+func newHubConn(h *Hub, name string) *hubConn {
+	c := &hubConn{recPeer: newRecPeer(name), h: h,
+		s: NewSession(h, zap.NewNop(), nil, Limits{Window: 4, MaxFrame: frame.MaxSize, RetryAfter: time.Second})}
+	h.Join(c.recPeer)
+	return c
 }
 
-func hubBet(doc string, number uint16) frame.Bet {
-	return frame.Bet{FirstName: "Juan", LastName: "Gómez", Document: doc, Birthdate: 19700101, Number: number}
-}
-
-// storeLottery uploads the lottery's bets through the hub and finishes
-// agencies 1 and 2, checking nothing is drawn yet.
-func storeLottery(t *testing.T, h *Hub, p *recPeer) {
+// do steps ev and carries the output through the hub as a connection would,
+// returning the frames written and whether the connection must close.
+func (c *hubConn) do(t *testing.T, ev Event) ([]frame.Frame, bool) {
 	t.Helper()
-	for a := uint32(1); a <= 3; a++ {
-		if r := submit(t, h, p, &persist.Request{Agency: a, Bets: lottery[a]}); r.Err != nil || r.Stored != len(lottery[a]) {
-			t.Fatalf("agency %d bets: %+v", a, r)
-		}
+	wire, closing, err := c.h.Carry(c.recPeer, c.s, c.s.Step(ev), nil, frame.Append)
+	if err != nil {
+		t.Fatalf("%s: carry: %v", c.name, err)
 	}
-	for a := uint32(1); a <= 2; a++ {
-		if r := submit(t, h, p, &persist.Request{Agency: a, Finish: true, Total: uint64(len(lottery[a]))}); r.Err != nil {
-			t.Fatalf("agency %d finish: %v", a, r.Err)
-		}
-		// The hub decides on a draw inside the store's callback, before
-		// Stored is read here: no draw now means none was started.
-		select {
-		case <-h.Drawn():
-			t.Fatalf("drawn after %d of 3 agencies finished", a)
-		default:
-		}
-		if _, drawn := h.Winners(1); drawn {
-			t.Fatalf("Winners says drawn after %d of 3 agencies finished", a)
-		}
-	}
+	return decodeWire(t, wire), closing
 }
 
-func waitDrawn(t *testing.T, h *Hub) {
+// send steps a frame from the agency.
+func (c *hubConn) send(t *testing.T, f frame.Frame) ([]frame.Frame, bool) {
 	t.Helper()
-	select {
-	case <-h.Drawn():
-	case <-time.After(hangGuard):
-		t.Fatalf("no draw within %v", hangGuard)
-	}
+	return c.do(t, received(t, f))
 }
 
-func checkLotteryWinners(t *testing.T, h *Hub) {
+// untilStored steps every event delivered until a Stored, returning what
+// was sent and the kinds of the events stepped.
+func (c *hubConn) untilStored(t *testing.T) ([]frame.Frame, []string) {
 	t.Helper()
-	for a := uint32(1); a <= 3; a++ {
-		docs, drawn := h.Winners(a)
-		if !drawn {
-			t.Fatalf("agency %d: Winners says not drawn", a)
-		}
-		if !reflect.DeepEqual(docs, lotteryWinners[a]) {
-			t.Errorf("agency %d winners %q, want %q", a, docs, lotteryWinners[a])
+	var sent []frame.Frame
+	var kinds []string
+	for {
+		ev := c.next(t)
+		kinds = append(kinds, fmt.Sprintf("%T", ev))
+		out, _ := c.do(t, ev)
+		sent = append(sent, out...)
+		if _, ok := ev.(Stored); ok {
+			return sent, kinds
 		}
 	}
 }
 
+func decodeWire(t *testing.T, wire []byte) []frame.Frame {
+	t.Helper()
+	r := bufio.NewReader(bytes.NewReader(wire))
+	var d frame.Decoder
+	var out []frame.Frame
+	for {
+		f, err := d.Next(r)
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("decode what was sent: %v", err)
+		}
+		out = append(out, f)
+	}
+}
+
+// errorCode is the code of an ERROR frame, 0 for any other frame.
+func errorCode(f frame.Frame) frame.Code {
+	if e, ok := f.(*frame.Error); ok {
+		return e.Code
+	}
+	return 0
+}
+
+func describeFrames(fs []frame.Frame) string {
+	parts := make([]string, len(fs))
+	for i, f := range fs {
+		parts[i] = f.Type().String()
+	}
+	return strings.Join(parts, " ")
+}
+
+// TestHubCarryRefusesALateHello runs the takeover through sessions: an
+// older connection's HELLO after a newer one's is answered ERROR replaced,
+// and a newest connection's HELLO replaces the holder.
+func TestHubCarryRefusesALateHello(t *testing.T) {
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	defer closeHub(t, h, st)
+	older, newer := newHubConn(h, "older"), newHubConn(h, "newer")
+
+	if sent, closing := newer.send(t, &frame.Hello{Agency: 2}); describeFrames(sent) != "WELCOME" || closing {
+		t.Fatalf("newer HELLO: %s close=%t", describeFrames(sent), closing)
+	}
+	sent, closing := older.send(t, &frame.Hello{Agency: 2})
+	if len(sent) != 1 || !closing || errorCode(sent[0]) != frame.CodeReplaced {
+		t.Fatalf("older HELLO: %s close=%t, want ERROR replaced and close", describeFrames(sent), closing)
+	}
+	newer.none(t)
+
+	newest := newHubConn(h, "newest")
+	if sent, _ := newest.send(t, &frame.Hello{Agency: 2}); describeFrames(sent) != "WELCOME" {
+		t.Fatalf("newest HELLO: %s", describeFrames(sent))
+	}
+	ev := newer.next(t)
+	if sent, closing := newer.do(t, ev); len(sent) != 1 || !closing || errorCode(sent[0]) != frame.CodeReplaced {
+		t.Fatalf("newer after the takeover (%T): %s close=%t", ev, describeFrames(sent), closing)
+	}
+}
+
+// TestHubDrawsOnceWhenAllFinished checks the draw runs once, when the last
+// agency's FINISHED is recorded and before that FINISHED is answered, and
+// what it logs and tells the observer.
 func TestHubDrawsOnceWhenAllFinished(t *testing.T) {
-	st, log, logs := openTestStore(t, t.TempDir(), 3)
-	h := NewHub(st, log)
+	st, log, logs := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	obs := &recObserver{}
+	h := NewHub(st, log, obs, hubKey)
 	watcher, uploader := newRecPeer("watcher"), newRecPeer("uploader")
 	h.Join(watcher)
 
@@ -225,24 +412,33 @@ func TestHubDrawsOnceWhenAllFinished(t *testing.T) {
 	if n := logs.FilterMessage("sorteo").Len(); n != 0 {
 		t.Fatalf("sorteo logged %d times before the last agency finished", n)
 	}
+	if got, want := obs.take(), []string{"finished(0)", "finished(1)", "finished(2)"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("observer %q, want %q", got, want)
+	}
 
 	if r := submit(t, h, uploader, &persist.Request{Agency: 3, Finish: true, Total: 1}); r.Err != nil {
 		t.Fatalf("agency 3 finish: %v", r.Err)
 	}
-	waitDrawn(t, h)
+	if !isDrawn(h) {
+		t.Fatal("the last FINISHED was answered before the draw")
+	}
 	if ev := watcher.next(t); ev != (Drawn{}) {
 		t.Fatalf("watcher got %T, want Drawn", ev)
 	}
 	checkLotteryWinners(t, h)
+	if got, want := obs.take(), []string{"finished(3)", "drawn"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("observer %q, want %q", got, want)
+	}
+	c, ok := h.Commitment()
+	if !ok {
+		t.Fatal("Commitment says not drawn")
+	}
 
 	// FINISHED again (a reconnecting agency) is recorded but draws nothing new.
 	if r := submit(t, h, uploader, &persist.Request{Agency: 1, Finish: true, Total: 3}); r.Err != nil {
 		t.Fatalf("agency 1 finish again: %v", r.Err)
 	}
-	if err := st.Close(); err != nil { // every callback has run
-		t.Fatalf("close store: %v", err)
-	}
-	h.Close() // any draw has ended
+	closeHub(t, h, st)
 	watcher.none(t)
 	uploader.none(t)
 
@@ -250,8 +446,9 @@ func TestHubDrawsOnceWhenAllFinished(t *testing.T) {
 	if len(draws) != 1 {
 		t.Fatalf("sorteo logged %d times, want 1", len(draws))
 	}
-	checkFields(t, draws[0], map[string]any{"result": "success", "bets": int64(7), "winners": int64(4),
-		"winning_number": uint16(DefaultWinningNumber)})
+	checkFields(t, draws[0], map[string]any{"result": "success", "agencies": int64(3), "bets": uint64(7),
+		"winners": int64(4), "winning_number": uint16(hubWinning), "signed": true,
+		"root": hex.EncodeToString(c.Root[:])})
 	// agency_finished lines: one per recorded FINISHED, counting up, all
 	// before the draw; the repeated FINISHED is logged after it.
 	var finishedCounts []int64
@@ -282,60 +479,445 @@ func TestHubDrawsOnceWhenAllFinished(t *testing.T) {
 	}
 	for i, line := range per {
 		a := uint32(i + 1)
-		checkFields(t, line, map[string]any{"agency": a, "cant_ganadores": int64(len(lotteryWinners[a]))})
+		checkFields(t, line, map[string]any{"agency": a, "cant_ganadores": int64(len(hubLotteryWinners[a]))})
 	}
 }
 
+// TestHubSessionsGetReceiptsAndWinners runs three agencies' sessions over a
+// hub and a real store: the first two get RECEIPT and NOT_READY, then the
+// push; the last gets RECEIPT, COMMITMENT and WINNERS as the answer to its
+// own FINISHED, because the draw is broadcast before that answer. Every
+// receipt and every commitment checks, as an agency checks them.
+func TestHubSessionsGetReceiptsAndWinners(t *testing.T) {
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	defer closeHub(t, h, st)
+	conns := map[uint32]*hubConn{}
+	receipts := map[uint32]receipt.Receipt{}
+	for a := uint32(1); a <= 3; a++ {
+		c := newHubConn(h, fmt.Sprint("agency ", a))
+		conns[a] = c
+		if sent, _ := c.send(t, &frame.Hello{Agency: a}); describeFrames(sent) != "WELCOME" {
+			t.Fatalf("agency %d HELLO: %s", a, describeFrames(sent))
+		}
+		c.send(t, &frame.Bets{First: 0, Bets: hubLottery[a]})
+		sent, _ := c.untilStored(t)
+		ack, ok := sent[0].(*frame.Ack)
+		if !ok || ack.Held != uint64(len(hubLottery[a])) || ack.Chain != receipt.ChainOf(hubLottery[a]) {
+			t.Fatalf("agency %d BETS answered %s, want ACK with the chain over its bets", a, describeFrames(sent))
+		}
+	}
+	for a := uint32(1); a <= 3; a++ {
+		conns[a].send(t, &frame.Finished{Total: uint64(len(hubLottery[a]))})
+		sent, events := conns[a].untilStored(t)
+		want := "RECEIPT NOT_READY"
+		if a == 3 {
+			want = "RECEIPT COMMITMENT WINNERS"
+			if w := []string{"eventserver.Drawn", "eventserver.Stored"}; !reflect.DeepEqual(events, w) {
+				t.Errorf("the last agency stepped %q, want %q", events, w)
+			}
+		}
+		if describeFrames(sent) != want {
+			t.Fatalf("agency %d FINISHED answered %s, want %s", a, describeFrames(sent), want)
+		}
+		r := receipt.Receipt(*sent[0].(*frame.Receipt))
+		if err := r.Verify(hubPub()); err != nil {
+			t.Errorf("agency %d receipt: %v", a, err)
+		}
+		if r.Agency != a || r.Bets != uint64(len(hubLottery[a])) || r.Chain != receipt.ChainOf(hubLottery[a]) ||
+			r.Lottery != st.Lottery() {
+			t.Errorf("agency %d receipt %+v does not describe its bets", a, r)
+		}
+		receipts[a] = r
+		if a == 3 {
+			checkWinnersSent(t, a, sent[1:], r)
+		}
+	}
+	for a := uint32(1); a <= 2; a++ {
+		ev := conns[a].next(t)
+		sent, _ := conns[a].do(t, ev)
+		if describeFrames(sent) != "COMMITMENT WINNERS" {
+			t.Fatalf("agency %d got %s on %T, want the push", a, describeFrames(sent), ev)
+		}
+		checkWinnersSent(t, a, sent, receipts[a])
+		if conns[a].s.State() != WinnersSent {
+			t.Errorf("agency %d in %s after the push", a, conns[a].s.State())
+		}
+	}
+}
+
+// checkWinnersSent checks a COMMITMENT and WINNERS as agency a does with
+// its receipt r, and the documents against the lottery's.
+func checkWinnersSent(t *testing.T, a uint32, sent []frame.Frame, r receipt.Receipt) {
+	t.Helper()
+	c := sent[0].(*frame.Commitment)
+	if err := receipt.Check(c, receipt.Leaf{Agency: a, Bets: r.Bets, Chain: r.Chain}, hubPub()); err != nil {
+		t.Errorf("agency %d commitment: %v", a, err)
+	}
+	w := sent[1].(*frame.Winners)
+	if !w.Last || !slices.Equal(w.Documents, hubLotteryWinners[a]) {
+		t.Errorf("agency %d winners %+v, want %q in one last chunk", a, w, hubLotteryWinners[a])
+	}
+}
+
+// TestHubCommitmentProofs checks, over a lottery of 5 agencies (an odd
+// level in the tree) with 0 to 4 bets each, that every agency's proof leads
+// to the signed root and nothing else does, also after the wire.
+func TestHubCommitmentProofs(t *testing.T) {
+	const agencies = 5
+	st, log, _ := openHubStore(t, t.TempDir(), agencies, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	defer closeHub(t, h, st)
+	p := newRecPeer("p")
+	for a := uint32(1); a <= agencies; a++ {
+		bets := make([]frame.Bet, a-1)
+		for i := range bets {
+			bets[i] = hubBet(fmt.Sprint(a*1000+uint32(i)), uint16(hubWinning-i%2))
+		}
+		if len(bets) > 0 {
+			submit(t, h, p, &persist.Request{Agency: a, Bets: bets})
+		}
+		if r := submit(t, h, p, &persist.Request{Agency: a, Finish: true, Total: uint64(len(bets))}); r.Err != nil {
+			t.Fatalf("agency %d finish: %v", a, r.Err)
+		}
+	}
+	if !isDrawn(h) {
+		t.Fatal("not drawn after every agency finished")
+	}
+	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{8}, ed25519.SeedSize)).Public().(ed25519.PublicKey)
+	commitment, _ := h.Commitment()
+	for a := uint32(1); a <= agencies; a++ {
+		held, finished, chain := st.Status(a)
+		leaf := receipt.Leaf{Agency: a, Bets: held, Chain: chain}
+		docs, c, drawn := h.Winners(a)
+		if !drawn || !finished {
+			t.Fatalf("agency %d: drawn %t finished %t", a, drawn, finished)
+		}
+		if len(docs) != int(a)/2 {
+			t.Errorf("agency %d has %d winners, want %d", a, len(docs), a/2)
+		}
+		if c.Root != commitment.Root || c.Signature != commitment.Signature || c.Lottery != st.Lottery() ||
+			c.Agencies != agencies {
+			t.Errorf("agency %d commitment %+v differs from the draw's %+v", a, c, commitment)
+		}
+		if err := receipt.Check(c, leaf, hubPub()); err != nil {
+			t.Errorf("agency %d: %v", a, err)
+		}
+		b, err := frame.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wired := receivedRaw(t, b).Frame.(*frame.Commitment)
+		if err := receipt.Check(wired, leaf, hubPub()); err != nil {
+			t.Errorf("agency %d after the wire: %v", a, err)
+		}
+		if err := receipt.Check(c, receipt.Leaf{Agency: a, Bets: held + 1, Chain: chain}, nil); !errors.Is(err, receipt.ErrProof) {
+			t.Errorf("agency %d with one bet more: %v, want ErrProof", a, err)
+		}
+		if err := receipt.Check(c, leaf, other); !errors.Is(err, receipt.ErrSignature) {
+			t.Errorf("agency %d with another key: %v, want ErrSignature", a, err)
+		}
+		next := a%agencies + 1
+		nheld, _, nchain := st.Status(next)
+		if err := receipt.Check(c, receipt.Leaf{Agency: next, Bets: nheld, Chain: nchain}, nil); err == nil {
+			t.Errorf("agency %d's proof also proves agency %d", a, next)
+		}
+		r := receipt.Receipt(*h.Receipt(a, held, chain))
+		if err := r.Verify(hubPub()); err != nil || r.Lottery != st.Lottery() {
+			t.Errorf("agency %d receipt %+v: %v", a, r, err)
+		}
+	}
+	for _, a := range []uint32{0, agencies + 1} {
+		docs, c, drawn := h.Winners(a)
+		if !drawn || len(docs) != 0 || len(c.Proof) != 0 {
+			t.Errorf("Winners(%d) = %q, proof of %d, drawn %t; want none, no proof, drawn", a, docs, len(c.Proof), drawn)
+		}
+	}
+}
+
+// TestHubUnsigned checks a hub without a key still commits, unsigned, and
+// the proofs still check without one.
+func TestHubUnsigned(t *testing.T) {
+	st, log, logs := openHubStore(t, t.TempDir(), 1, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 1, Finish: true})
+	docs, c, drawn := h.Winners(1)
+	if !drawn || len(docs) != 0 || c.Signature != (frame.Signature{}) {
+		t.Fatalf("Winners = %q, %+v, %t; want none, unsigned, drawn", docs, c, drawn)
+	}
+	if err := receipt.Check(c, receipt.Leaf{Agency: 1, Chain: receipt.Empty()}, nil); err != nil {
+		t.Errorf("check without a key: %v", err)
+	}
+	if r := h.Receipt(1, 0, receipt.Empty()); r.Signature != (frame.Signature{}) {
+		t.Errorf("receipt signed without a key: %+v", r)
+	}
+	closeHub(t, h, st)
+	draws := logLines(logs, "sorteo")
+	if len(draws) != 1 {
+		t.Fatalf("sorteo logged %d times, want 1", len(draws))
+	}
+	checkFields(t, draws[0], map[string]any{"signed": false, "result": "success"})
+}
+
+// TestHubSavesTheStatementBeforeTheBroadcast checks commitment.json is in
+// the data directory, whole and checking, when Drawn reaches a connection.
+func TestHubSavesTheStatementBeforeTheBroadcast(t *testing.T) {
+	dir := t.TempDir()
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	defer closeHub(t, h, st)
+	var seen error = errors.New("Drawn never delivered")
+	var mu sync.Mutex
+	watcher := newRecPeer("watcher")
+	watcher.hook = func(ev Event) {
+		if ev != (Drawn{}) {
+			return
+		}
+		var s receipt.Statement
+		data, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
+		if err == nil {
+			err = s.UnmarshalJSON(data)
+		}
+		if err == nil {
+			err = s.Check(hubPub())
+		}
+		if c, _ := h.Commitment(); err == nil && s.Commitment != c {
+			err = fmt.Errorf("statement %+v, commitment %+v", s.Commitment, c)
+		}
+		for i, l := range s.Leaves {
+			held, _, chain := st.Status(uint32(i + 1))
+			if err == nil && (l.Bets != held || l.Chain != chain) {
+				err = fmt.Errorf("leaf %d is %+v, the store holds %d bets, chain %x", i, l, held, chain)
+			}
+		}
+		mu.Lock()
+		seen = err
+		mu.Unlock()
+	}
+	h.Join(watcher)
+	storeLottery(t, h, newRecPeer("p"))
+	if _, err := os.Stat(filepath.Join(dir, filestore.DrawFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s before the draw: %v", filestore.DrawFile, err)
+	}
+	submit(t, h, newRecPeer("last"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	if ev := watcher.next(t); ev != (Drawn{}) {
+		t.Fatalf("watcher got %T, want Drawn", ev)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if seen != nil {
+		t.Errorf("when Drawn was delivered: %v", seen)
+	}
+}
+
+// TestHubFailedSaveDrawsNothing makes saving the statement fail: nothing is
+// published or pushed, the failure is logged, Close stops the retries, and
+// a restart with a working disk draws.
+func TestHubFailedSaveDrawsNothing(t *testing.T) {
+	dir := t.TempDir()
+	failSave := func(f *os.File) error {
+		if strings.HasPrefix(filepath.Base(f.Name()), filestore.DrawFile) {
+			return errors.New("injected: no space left on device")
+		}
+		return f.Sync()
+	}
+	st, log, logs := openHubStore(t, dir, 3, hubStoreOptions{sync: failSave})
+	h := NewHub(st, log, nil, hubKey)
+	watcher := newRecPeer("watcher")
+	h.Join(watcher)
+	storeLottery(t, h, newRecPeer("p"))
+	if r := submit(t, h, newRecPeer("last"), &persist.Request{Agency: 3, Finish: true, Total: 1}); r.Err != nil {
+		t.Fatalf("last FINISHED: %v", r.Err)
+	}
+	// The first attempt ran before Stored was delivered.
+	failed := logLines(logs, "sorteo")
+	if len(failed) != 1 {
+		t.Fatalf("sorteo logged %d times, want the failed attempt", len(failed))
+	}
+	checkFields(t, failed[0], map[string]any{"result": "fail", "attempt": int64(1)})
+	if isDrawn(h) {
+		t.Error("drawn although the statement was not saved")
+	}
+	if _, _, drawn := h.Winners(1); drawn {
+		t.Error("Winners says drawn although the statement was not saved")
+	}
+
+	closed := make(chan struct{})
+	go func() { h.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(hangGuard):
+		t.Fatal("Close did not stop the retrying draw")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	watcher.none(t)
+	if _, err := os.Stat(filepath.Join(dir, filestore.DrawFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after a failed save: %v", filestore.DrawFile, err)
+	}
+
+	st2, log2, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h2 := NewHub(st2, log2, nil, hubKey)
+	defer closeHub(t, h2, st2)
+	if !isDrawn(h2) {
+		t.Fatal("the restart did not draw")
+	}
+	checkLotteryWinners(t, h2)
+}
+
+// TestHubDrawUsesTheStoreIndex takes bets.csv away before the draw: the
+// winners come from the store's index, not from reading the file again.
+func TestHubDrawUsesTheStoreIndex(t *testing.T) {
+	dir := t.TempDir()
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
+	defer closeHub(t, h, st)
+	storeLottery(t, h, newRecPeer("p"))
+	if err := os.Remove(filepath.Join(dir, filestore.BetsFile)); err != nil {
+		t.Fatal(err)
+	}
+	submit(t, h, newRecPeer("last"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	if !isDrawn(h) {
+		t.Fatal("no draw")
+	}
+	checkLotteryWinners(t, h)
+}
+
+// TestHubRestartAfterTheDrawDrawsAgain checks a hub over a store where
+// every agency finished draws at once, with the same winners, root,
+// signature and statement.
 func TestHubRestartAfterTheDrawDrawsAgain(t *testing.T) {
 	dir := t.TempDir()
-	st, log, _ := openTestStore(t, dir, 3)
-	h := NewHub(st, log)
-	p := newRecPeer("p")
-	storeLottery(t, h, p)
-	submit(t, h, p, &persist.Request{Agency: 3, Finish: true, Total: 1})
-	waitDrawn(t, h)
-	checkLotteryWinners(t, h)
-	if err := st.Close(); err != nil {
-		t.Fatalf("close store: %v", err)
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	storeLottery(t, h, newRecPeer("p"))
+	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	first, ok := h.Commitment()
+	if !ok {
+		t.Fatal("no draw")
 	}
-	h.Close()
+	statement, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeHub(t, h, st)
 
-	st2, log2, logs2 := openTestStore(t, dir, 3)
-	h2 := NewHub(st2, log2)
-	waitDrawn(t, h2)
+	st2, log2, logs2 := openHubStore(t, dir, 3, hubStoreOptions{})
+	h2 := NewHub(st2, log2, nil, hubKey)
+	if !isDrawn(h2) { // NewHub draws synchronously
+		t.Fatal("the restart did not draw")
+	}
 	checkLotteryWinners(t, h2)
-	if err := st2.Close(); err != nil {
-		t.Fatalf("close store: %v", err)
+	if again, _ := h2.Commitment(); again != first {
+		t.Errorf("commitment after the restart %+v, want %+v", again, first)
 	}
-	h2.Close() // the draw has logged
-	if n := logs2.FilterMessage("sorteo").Len(); n != 1 {
-		t.Errorf("sorteo logged %d times after the restart, want 1", n)
+	if again, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile)); err != nil || !bytes.Equal(again, statement) {
+		t.Errorf("statement after the restart differs (%v)", err)
 	}
+	closeHub(t, h2, st2)
+	draws := logLines(logs2, "sorteo")
+	if len(draws) != 1 {
+		t.Fatalf("sorteo logged %d times after the restart, want 1", len(draws))
+	}
+	checkFields(t, draws[0], map[string]any{"result": "success", "root": hex.EncodeToString(first.Root[:])})
 }
 
 func TestHubRestartBeforeTheDrawWaits(t *testing.T) {
 	dir := t.TempDir()
-	st, log, _ := openTestStore(t, dir, 3)
-	h := NewHub(st, log)
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
 	storeLottery(t, h, newRecPeer("p"))
-	if err := st.Close(); err != nil {
-		t.Fatalf("close store: %v", err)
-	}
-	h.Close()
+	closeHub(t, h, st)
 
-	st2, log2, _ := openTestStore(t, dir, 3)
-	defer st2.Close()
-	h2 := NewHub(st2, log2)
-	defer h2.Close()
-	select { // NewHub decides synchronously
-	case <-h2.Drawn():
+	st2, log2, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h2 := NewHub(st2, log2, nil, nil)
+	defer closeHub(t, h2, st2)
+	if isDrawn(h2) { // NewHub decides synchronously
 		t.Fatal("a hub over 2 of 3 finished agencies drew")
-	default:
 	}
-	p := newRecPeer("p2")
-	submit(t, h2, p, &persist.Request{Agency: 3, Finish: true, Total: 1})
-	waitDrawn(t, h2)
+	submit(t, h2, newRecPeer("p2"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	if !isDrawn(h2) {
+		t.Fatal("no draw after the last agency finished")
+	}
 	checkLotteryWinners(t, h2)
+}
+
+// TestHubCloseStopsTheDraw checks no draw starts after Close, whether the
+// last FINISHED comes after it or was already queued in the store (the old
+// bug: that draw ran after the shutdown had logged its success), and that
+// the next server over the store draws.
+func TestHubCloseStopsTheDraw(t *testing.T) {
+	for _, queued := range []bool{false, true} {
+		t.Run(fmt.Sprintf("queued=%t", queued), func(t *testing.T) {
+			dir := t.TempDir()
+			var armed atomic.Bool
+			entered, release := make(chan struct{}), make(chan struct{})
+			hold := func(agency uint32, _ uint64, _ []frame.Bet) {
+				if armed.CompareAndSwap(true, false) {
+					close(entered) // the writer is busy with this batch
+					<-release
+				}
+			}
+			st, log, logs := openHubStore(t, dir, 3, hubStoreOptions{tamper: hold})
+			h := NewHub(st, log, nil, hubKey)
+			watcher, p := newRecPeer("watcher"), newRecPeer("p")
+			h.Join(watcher)
+			for a := uint32(1); a <= 2; a++ {
+				submit(t, h, p, &persist.Request{Agency: a, Bets: hubLottery[a]})
+				submit(t, h, p, &persist.Request{Agency: a, Finish: true, Total: uint64(len(hubLottery[a]))})
+			}
+			last := newRecPeer("last")
+			if queued {
+				armed.Store(true)
+				if err := h.Submit(last, &persist.Request{Agency: 3, Bets: hubLottery[3]}); err != nil {
+					t.Fatal(err)
+				}
+				<-entered
+				if err := h.Submit(last, &persist.Request{Agency: 3, Finish: true, Total: 1}); err != nil {
+					t.Fatal(err)
+				}
+				h.Close()
+				close(release)
+				for i := range 2 {
+					if ev, ok := last.next(t).(Stored); !ok || ev.Result.Err != nil {
+						t.Fatalf("answer %d: %+v", i, ev)
+					}
+				}
+			} else {
+				submit(t, h, last, &persist.Request{Agency: 3, Bets: hubLottery[3]})
+				h.Close()
+				if r := submit(t, h, last, &persist.Request{Agency: 3, Finish: true, Total: 1}); r.Err != nil {
+					t.Fatalf("last FINISHED: %v", r.Err)
+				}
+			}
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if isDrawn(h) {
+				t.Error("drawn after Close")
+			}
+			watcher.none(t)
+			last.none(t)
+			if n := logs.FilterMessage("sorteo").Len(); n != 0 {
+				t.Errorf("sorteo logged %d times after Close", n)
+			}
+			if _, err := os.Stat(filepath.Join(dir, filestore.DrawFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s after Close: %v", filestore.DrawFile, err)
+			}
+
+			st2, log2, logs2 := openHubStore(t, dir, 3, hubStoreOptions{})
+			h2 := NewHub(st2, log2, nil, hubKey)
+			if !isDrawn(h2) {
+				t.Fatal("the next server did not draw")
+			}
+			checkLotteryWinners(t, h2)
+			closeHub(t, h2, st2)
+			if n := logs2.FilterMessage("sorteo").Len(); n != 1 {
+				t.Errorf("the next server logged sorteo %d times, want 1", n)
+			}
+		})
+	}
 }
 
 // TestHubDrawFollowsEveryFinishLine queues every agency's FINISHED at once,
@@ -344,8 +926,8 @@ func TestHubRestartBeforeTheDrawWaits(t *testing.T) {
 // and does not count.
 func TestHubDrawFollowsEveryFinishLine(t *testing.T) {
 	const agencies = 6
-	st, log, logs := openTestStore(t, t.TempDir(), agencies)
-	h := NewHub(st, log)
+	st, log, logs := openHubStore(t, t.TempDir(), agencies, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
 	peers := make([]*recPeer, agencies+1)
 	for a := uint32(1); a <= agencies; a++ {
 		peers[a] = newRecPeer(fmt.Sprint("agency ", a))
@@ -363,11 +945,10 @@ func TestHubDrawFollowsEveryFinishLine(t *testing.T) {
 			t.Fatalf("agency %d FINISHED: %+v", a, ev)
 		}
 	}
-	waitDrawn(t, h)
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
+	if !isDrawn(h) {
+		t.Fatal("no draw after every agency finished")
 	}
-	h.Close()
+	closeHub(t, h, st)
 
 	var lines []string
 	for _, e := range logs.All() {
@@ -385,10 +966,14 @@ func TestHubDrawFollowsEveryFinishLine(t *testing.T) {
 	}
 }
 
+// TestHubSubmitToAClosedStore checks a request the store refuses to queue
+// never calls back, and a session told so ends with shutting_down.
 func TestHubSubmitToAClosedStore(t *testing.T) {
-	st, log, _ := openTestStore(t, t.TempDir(), 1)
-	h := NewHub(st, log)
+	st, log, _ := openHubStore(t, t.TempDir(), 1, hubStoreOptions{})
+	h := NewHub(st, log, nil, nil)
 	defer h.Close()
+	c := newHubConn(h, "c")
+	c.send(t, &frame.Hello{Agency: 1})
 	if err := st.Close(); err != nil {
 		t.Fatalf("close store: %v", err)
 	}
@@ -396,114 +981,10 @@ func TestHubSubmitToAClosedStore(t *testing.T) {
 	if err := h.Submit(p, &persist.Request{Agency: 1, Finish: true}); !errors.Is(err, persist.ErrClosed) {
 		t.Fatalf("Submit to a closed store: %v, want ErrClosed", err)
 	}
+	sent, closing := c.send(t, &frame.Finished{Total: 0})
+	if len(sent) != 1 || !closing || errorCode(sent[0]) != frame.CodeShuttingDown {
+		t.Errorf("FINISHED to a closed store: %s close=%t, want ERROR shutting_down", describeFrames(sent), closing)
+	}
 	p.none(t) // Done never runs for a request that was not queued
-}
-
-// TestHubCloseStopsARetryingDraw makes the draw's read fail (bets.csv is
-// gone) and checks Close ends the retry loop instead of hanging.
-func TestHubCloseStopsARetryingDraw(t *testing.T) {
-	dir := t.TempDir()
-	st, log, logs := openTestStore(t, dir, 1)
-	defer st.Close()
-	if err := os.Remove(filepath.Join(dir, persist.BetsFile)); err != nil {
-		t.Fatal(err)
-	}
-	h := NewHub(st, log)
-	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 1, Finish: true, Total: 0})
-	deadline := time.Now().Add(hangGuard)
-	for logs.FilterMessage("sorteo").Len() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the draw never ran")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	failed := logLines(logs, "sorteo")[0]
-	checkFields(t, failed, map[string]any{"result": "fail", "attempt": int64(1)})
-
-	closed := make(chan struct{})
-	go func() { h.Close(); close(closed) }()
-	select {
-	case <-closed:
-	case <-time.After(hangGuard):
-		t.Fatal("Close did not stop the retrying draw")
-	}
-	if _, drawn := h.Winners(1); drawn {
-		t.Error("Winners says drawn after every read failed")
-	}
-}
-
-// seqOf yields bets, or err in place of the bet at errAt (if errAt >= 0),
-// and counts how many items it was asked for.
-func seqOf(bets []persist.Bet, errAt int, err error, pulled *int) iter.Seq2[persist.Bet, error] {
-	return func(yield func(persist.Bet, error) bool) {
-		for i, b := range bets {
-			*pulled++
-			if i == errAt {
-				if !yield(persist.Bet{}, err) {
-					return
-				}
-				continue
-			}
-			if !yield(b, nil) {
-				return
-			}
-		}
-	}
-}
-
-func storedBet(agency uint32, doc string, number uint16) persist.Bet {
-	return persist.Bet{Agency: agency, Bet: hubBet(doc, number)}
-}
-
-func TestDraw(t *testing.T) {
-	bets := []persist.Bet{
-		storedBet(1, "100", 42),
-		storedBet(2, "200", 41),
-		storedBet(1, "300", 42),
-		storedBet(3, "100", 42), // the same person won at agency 1 too
-		storedBet(1, "100", 42), // and again at agency 1
-		storedBet(4, "400", 0),
-		storedBet(1, "500", 4200),
-	}
-	var pulled int
-	winners, n, err := Draw(seqOf(bets, -1, nil, &pulled), 42)
-	if err != nil {
-		t.Fatalf("Draw: %v", err)
-	}
-	if n != len(bets) {
-		t.Errorf("Draw counted %d bets, want %d", n, len(bets))
-	}
-	want := map[uint32][]string{1: {"100", "300", "100"}, 3: {"100"}}
-	if !reflect.DeepEqual(winners, want) {
-		t.Errorf("winners %v, want %v", winners, want)
-	}
-	for _, a := range []uint32{2, 4} {
-		if _, ok := winners[a]; ok {
-			t.Errorf("agency %d has no winners but is in the map", a)
-		}
-	}
-
-	winners, n, err = Draw(seqOf(nil, -1, nil, &pulled), 42)
-	if err != nil || n != 0 || len(winners) != 0 {
-		t.Errorf("Draw of nothing = %v, %d, %v; want empty, 0, nil", winners, n, err)
-	}
-}
-
-func TestDrawPropagatesErrors(t *testing.T) {
-	bets := []persist.Bet{storedBet(1, "1", 7), storedBet(1, "2", 7), storedBet(1, "3", 7), storedBet(1, "4", 7)}
-	cause := errors.New("row 3: bad quoting")
-	pulled := 0
-	winners, n, err := Draw(seqOf(bets, 2, cause, &pulled), 7)
-	if !errors.Is(err, cause) {
-		t.Fatalf("Draw error %v, want it to wrap %v", err, cause)
-	}
-	if winners != nil {
-		t.Errorf("Draw returned winners %v along with an error", winners)
-	}
-	if n != 2 {
-		t.Errorf("Draw counted %d bets before the error, want 2", n)
-	}
-	if pulled != 3 {
-		t.Errorf("Draw pulled %d items, want it to stop at the error (3)", pulled)
-	}
+	c.none(t)
 }
