@@ -1,4 +1,4 @@
-package persist
+package persist_test
 
 import (
 	"errors"
@@ -6,37 +6,410 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/receipt"
 )
 
-func TestMain(m *testing.M) {
-	if os.Getenv(crashChildEnv) != "" {
-		// The crash test's child process is killed, never reaching goleak.
-		os.Exit(m.Run())
-	}
-	goleak.VerifyTestMain(m)
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// winning is the winning number of every lottery in these tests.
+const winning = 7574
+
+// errInjected is the failure a faulty backend reports.
+var errInjected = errors.New("injected backend failure")
+
+// backend is one persist.Backend implementation the suite runs against.
+type backend struct {
+	name string
+	// open creates an empty store of agencies agencies drawing winning,
+	// and returns reopen, which opens the same data again once the
+	// backend it returned before has been closed.
+	open func(t *testing.T, agencies int, winning uint16) (persist.Backend, func() persist.Backend)
+	// faulty is open, but once fail is called the next commit fails after
+	// writing as much of the group as the backend can before it reports.
+	faulty func(t *testing.T, agencies int, winning uint16) (b persist.Backend, fail func(), reopen func() persist.Backend)
 }
 
-// Names that exercise the quoting: commas, quotes, line breaks and UTF-8.
+// backends is every backend the suite checks; the file store comes first.
+// A PostgreSQL backend joins this table with its own open and faulty.
+var backends = []backend{
+	{
+		name: "file",
+		open: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func() persist.Backend) {
+			b, _, reopen := openFileBackend(t, agencies, winning)
+			return b, reopen
+		},
+		faulty: openFileBackend,
+	},
+	{
+		name: "memory",
+		open: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func() persist.Backend) {
+			b, _, reopen := openMemBackend(t, agencies, winning)
+			return b, reopen
+		},
+		faulty: openMemBackend,
+	},
+}
+
+// forEachBackend runs test once per backend, as a subtest named after it.
+func forEachBackend(t *testing.T, test func(t *testing.T, bk backend)) {
+	for _, bk := range backends {
+		t.Run(bk.name, func(t *testing.T) { test(t, bk) })
+	}
+}
+
+// openFileBackend opens a file store in a new directory. Once fail is
+// called, the next fsync of the journal fails: by then the group's rows
+// and its record are written, so the backend must cut both back.
+func openFileBackend(t *testing.T, agencies int, winning uint16) (persist.Backend, func(), func() persist.Backend) {
+	t.Helper()
+	dir := t.TempDir()
+	var armed atomic.Bool
+	faultySync := func(f *os.File) error {
+		if filepath.Base(f.Name()) == filestore.JournalFile && armed.CompareAndSwap(true, false) {
+			return errInjected
+		}
+		return f.Sync()
+	}
+	open := func(syncFile func(*os.File) error) persist.Backend {
+		t.Helper()
+		b, err := filestore.Open(dir, filestore.Options{Agencies: agencies, WinningNumber: winning, Sync: syncFile})
+		if err != nil {
+			t.Fatalf("open file store: %v", err)
+		}
+		t.Cleanup(func() { b.Close() }) // a second Close does nothing
+		return b
+	}
+	return open(faultySync), func() { armed.Store(true) }, func() persist.Backend { return open(nil) }
+}
+
+// memData is what a memory backend holds; it outlives each backend opened
+// over it, as a directory or a database does.
+type memData struct {
+	mu       sync.Mutex
+	open     bool
+	lottery  frame.Hash
+	winning  uint16
+	agencies []persist.Agency // chains owned here, handed out as clones
+	rows     []row
+	fail     bool
+}
+
+type row struct {
+	agency uint32
+	bet    frame.Bet
+}
+
+// memBackend keeps everything in memory. It checks each group against
+// what it holds before applying it, so a writer that sends rows at the
+// wrong index, a wrong HeldBefore or a chain that does not cover the rows
+// fails the test instead of being stored.
+type memBackend struct {
+	d      *memData
+	closed bool
+}
+
+func openMemBackend(t *testing.T, agencies int, winning uint16) (persist.Backend, func(), func() persist.Backend) {
+	t.Helper()
+	d := &memData{winning: winning, agencies: make([]persist.Agency, agencies)}
+	copy(d.lottery[:], fmt.Sprintf("memory lottery %p", d))
+	for i := range d.agencies {
+		d.agencies[i].Chain = receipt.NewChain()
+	}
+	open := func() persist.Backend {
+		t.Helper()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.open {
+			t.Fatal("memory backend opened twice at once")
+		}
+		d.open = true
+		return &memBackend{d: d}
+	}
+	fail := func() {
+		d.mu.Lock()
+		d.fail = true
+		d.mu.Unlock()
+	}
+	return open(), fail, open
+}
+
+func (m *memBackend) State() (*persist.State, error) {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	st := &persist.State{Lottery: m.d.lottery, Agencies: make([]persist.Agency, len(m.d.agencies))}
+	for i, a := range m.d.agencies {
+		a.Chain = a.Chain.Clone()
+		st.Agencies[i] = a
+	}
+	return st, nil
+}
+
+func (m *memBackend) Commit(g *persist.Group) error {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	if m.closed {
+		return errors.New("memory backend: commit after close")
+	}
+	if m.d.fail {
+		m.d.fail = false
+		return errInjected
+	}
+	// Replay the group on copies; apply nothing unless all of it holds.
+	held := map[uint32]uint64{}
+	chains := map[uint32]*receipt.Chain{}
+	view := func(a uint32) *receipt.Chain {
+		if chains[a] == nil {
+			held[a], chains[a] = m.d.agencies[a-1].Held, m.d.agencies[a-1].Chain.Clone()
+		}
+		return chains[a]
+	}
+	for _, r := range g.Rows {
+		c := view(r.Agency)
+		if r.First != held[r.Agency] {
+			return fmt.Errorf("memory backend: rows of agency %d start at %d, it holds %d", r.Agency, r.First, held[r.Agency])
+		}
+		for i := range r.Bets {
+			c.Add(&r.Bets[i])
+		}
+		held[r.Agency] += uint64(len(r.Bets))
+	}
+	for _, c := range g.Changes {
+		a := m.d.agencies[c.Agency-1]
+		view(c.Agency)
+		switch {
+		case c.HeldBefore != a.Held:
+			return fmt.Errorf("memory backend: agency %d HeldBefore %d, it holds %d", c.Agency, c.HeldBefore, a.Held)
+		case c.Held != held[c.Agency]:
+			return fmt.Errorf("memory backend: agency %d Held %d after its rows, change says %d", c.Agency, held[c.Agency], c.Held)
+		case c.Chain.Sum() != chains[c.Agency].Sum():
+			return fmt.Errorf("memory backend: agency %d chain differs from its rows", c.Agency)
+		case c.Finish && (a.Finished || c.Total != c.Held):
+			return fmt.Errorf("memory backend: agency %d finishes with %d of %d (finished before: %t)", c.Agency, c.Total, c.Held, a.Finished)
+		}
+	}
+	if len(held) != len(g.Changes) {
+		return fmt.Errorf("memory backend: rows for %d agencies, changes for %d", len(held), len(g.Changes))
+	}
+	for _, r := range g.Rows {
+		for _, b := range r.Bets {
+			m.d.rows = append(m.d.rows, row{r.Agency, b})
+		}
+	}
+	for _, c := range g.Changes {
+		a := &m.d.agencies[c.Agency-1]
+		a.Held, a.Chain = c.Held, chains[c.Agency]
+		if c.Finish {
+			a.Finished, a.Total = true, c.Total
+		}
+	}
+	return nil
+}
+
+func (m *memBackend) Reload([]uint32) ([]persist.Agency, error) {
+	return nil, errors.New("memory backend: no other writer, nothing to reload")
+}
+
+func (m *memBackend) Winners() (map[uint32][]string, error) {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	out := map[uint32][]string{}
+	for _, r := range m.d.rows {
+		if r.bet.Number == m.d.winning {
+			out[r.agency] = append(out[r.agency], r.bet.Document)
+		}
+	}
+	return out, nil
+}
+
+func (m *memBackend) Size() int64 {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	return int64(len(m.d.rows))
+}
+
+func (m *memBackend) Close() error {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	if !m.closed {
+		m.closed, m.d.open = true, false
+	}
+	return nil
+}
+
+// probe wraps a backend to hold a commit while a test queues requests,
+// and to see when the backend is closed.
+type probe struct {
+	persist.Backend
+	mu      sync.Mutex
+	gate    chan struct{} // the next commit waits until it is closed
+	entered chan struct{} // closed once that commit is waiting
+	onClose func()
+	closes  atomic.Int32
+}
+
+// holdNext makes the next commit, once the backend has made it durable,
+// wait until release is called before it returns to the writer. The
+// test's cleanup releases it too.
+func (p *probe) holdNext(t *testing.T) (entered <-chan struct{}, release func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gate, in := make(chan struct{}), make(chan struct{})
+	p.gate, p.entered = gate, in
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	return in, release
+}
+
+func (p *probe) Commit(g *persist.Group) error {
+	p.mu.Lock()
+	gate, in := p.gate, p.entered
+	p.gate, p.entered = nil, nil
+	p.mu.Unlock()
+	err := p.Backend.Commit(g)
+	if gate != nil {
+		close(in)
+		<-gate
+	}
+	return err
+}
+
+func (p *probe) Close() error {
+	if p.onClose != nil {
+		p.onClose()
+	}
+	p.closes.Add(1)
+	return p.Backend.Close()
+}
+
+// waitFor fails the test unless ch is closed within a generous bound.
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// commits is a fake Observer recording every group commit.
+type commits struct {
+	mu    sync.Mutex
+	bets  []int
+	sizes []int64
+}
+
+func (c *commits) Committed(took time.Duration, bets int, storeBytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bets = append(c.bets, bets)
+	c.sizes = append(c.sizes, storeBytes)
+}
+
+func (c *commits) groups() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]int(nil), c.bets...)
+}
+
+// newStore starts a writer over b; the test's cleanup closes it.
+func newStore(t *testing.T, b persist.Backend, opts persist.Options) *persist.Store {
+	t.Helper()
+	s, err := persist.New(b, opts)
+	if err != nil {
+		t.Fatalf("persist.New: %v", err)
+	}
+	t.Cleanup(func() { s.Close() }) // the test checks the Close it cares about
+	return s
+}
+
+// call is a submitted request: its result arrives on res.
+type call struct {
+	req   persist.Request
+	res   chan persist.Result
+	calls atomic.Int32
+}
+
+// submit queues r and returns the call to wait on.
+func submit(t *testing.T, s *persist.Store, r persist.Request) *call {
+	t.Helper()
+	c := &call{req: r, res: make(chan persist.Result, 2)}
+	c.req.Done = func(res persist.Result) {
+		c.calls.Add(1)
+		c.res <- res
+	}
+	if err := s.Submit(&c.req); err != nil {
+		t.Fatalf("Submit(agency %d, first %d): %v", r.Agency, r.First, err)
+	}
+	return c
+}
+
+// wait returns the call's result.
+func (c *call) wait(t *testing.T) persist.Result {
+	t.Helper()
+	select {
+	case res := <-c.res:
+		return res
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Done not called for agency %d first %d", c.req.Agency, c.req.First)
+		return persist.Result{}
+	}
+}
+
+// do submits r and waits for its result.
+func do(t *testing.T, s *persist.Store, r persist.Request) persist.Result {
+	t.Helper()
+	return submit(t, s, r).wait(t)
+}
+
+func batch(agency uint32, first uint64, n int) persist.Request {
+	return persist.Request{Agency: agency, First: first, Bets: stream(agency, first, n)}
+}
+
+func finish(agency uint32, total uint64) persist.Request {
+	return persist.Request{Agency: agency, Finish: true, Total: total}
+}
+
+// put stores bets [first, first+n) of agency's stream and fails the test
+// unless all n are new.
+func put(t *testing.T, s *persist.Store, agency uint32, first uint64, n int) persist.Result {
+	t.Helper()
+	res := do(t, s, batch(agency, first, n))
+	if res.Err != nil || res.Stored != n || res.Held != first+uint64(n) {
+		t.Fatalf("batch of agency %d at %d of %d bets: %+v, want all stored", agency, first, n, res)
+	}
+	return res
+}
+
+// Names that exercise the CSV quoting: commas, quotes, line breaks, UTF-8.
 var (
 	firstNames = []string{"Santiago Lionel", "María José", "Juan, Carlos", `Ana "La Rubia"`, "Zoë", "José\nLuis", "Ñandú", "O'Brien"}
 	lastNames  = []string{"Lorca", "Pérez García", "D'Alessandro", `"Quoted"`, "Müller, Jr.", "Nguyễn", "Smith\r\nJones", "Gómez"}
 )
 
-// betAt is bet i of agency's deterministic stream.
+// betAt is bet i of agency's deterministic stream; one bet in four wins.
 func betAt(agency uint32, i uint64) frame.Bet {
 	k := int(i) + int(agency)*7
+	number := uint16((i*7919 + uint64(agency)*31) % 10000)
+	if k%4 == 0 {
+		number = winning
+	}
 	return frame.Bet{
 		FirstName: firstNames[k%len(firstNames)],
 		LastName:  lastNames[(k/3)%len(lastNames)],
 		Document:  fmt.Sprintf("%08d", uint64(agency)*100000+i%100000),
 		Birthdate: frame.NewDate(1940+k%60, 1+k%12, 1+k%28),
-		Number:    uint16((i*7919 + uint64(agency)*31) % 10000),
+		Number:    number,
 	}
 }
 
@@ -49,154 +422,71 @@ func stream(agency uint32, first uint64, n int) []frame.Bet {
 	return bets
 }
 
-// openStore opens dir and closes the store when the test ends, unless the
-// test closed it itself.
-func openStore(t testing.TB, dir string, opts Options) *Store {
-	t.Helper()
-	s, err := Open(dir, opts)
-	if err != nil {
-		t.Fatalf("Open(%s): %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil && !errors.Is(err, ErrClosed) {
-			t.Errorf("Close: %v", err)
+// winnersOf is the winning documents of each agency's first held[a] bets.
+func winnersOf(held map[uint32]uint64) map[uint32][]string {
+	out := map[uint32][]string{}
+	for a, n := range held {
+		for _, b := range stream(a, 0, int(n)) {
+			if b.Number == winning {
+				out[a] = append(out[a], b.Document)
+			}
 		}
-	})
-	return s
-}
-
-// do submits r and waits for its result.
-func do(t testing.TB, s *Store, r Request) Result {
-	t.Helper()
-	ch := make(chan Result, 1)
-	r.Done = func(res Result) { ch <- res }
-	if err := s.Submit(&r); err != nil {
-		t.Fatalf("Submit(agency %d, first %d): %v", r.Agency, r.First, err)
-	}
-	select {
-	case res := <-ch:
-		return res
-	case <-time.After(10 * time.Second):
-		t.Fatalf("Done not called within 10s for agency %d first %d", r.Agency, r.First)
-		return Result{}
-	}
-}
-
-// store submits a batch and fails the test unless it stored want bets.
-func store(t testing.TB, s *Store, agency uint32, first uint64, bets []frame.Bet, want int) Result {
-	t.Helper()
-	res := do(t, s, Request{Agency: agency, First: first, Bets: bets})
-	if res.Err != nil || res.Stored != want {
-		t.Fatalf("batch agency %d first %d len %d: got %+v, want Stored %d and no error", agency, first, len(bets), res, want)
-	}
-	return res
-}
-
-// readBets loads every bet of dir's bets.csv, failing on any error.
-func readBets(t testing.TB, dir string) []Bet {
-	t.Helper()
-	var out []Bet
-	for b, err := range LoadBetsFile(filepath.Join(dir, BetsFile)) {
-		if err != nil {
-			t.Fatalf("LoadBetsFile: %v", err)
-		}
-		out = append(out, b)
 	}
 	return out
 }
 
-// tagged attaches agency to bets, as they come back from LoadBets.
-func tagged(agency uint32, bets []frame.Bet) []Bet {
-	out := make([]Bet, len(bets))
-	for i, b := range bets {
-		out[i] = Bet{Agency: agency, Bet: b}
-	}
-	return out
+// agencyState is what Status says about one agency.
+type agencyState struct {
+	held     uint64
+	finished bool
+	chain    frame.Hash
 }
 
-// sameBets fails the test at the first difference between got and want.
-func sameBets(t testing.TB, got, want []Bet) {
+func (a agencyState) String() string {
+	return fmt.Sprintf("held %d finished %t chain %x", a.held, a.finished, a.chain[:4])
+}
+
+// want is the state of an agency holding the first held bets of its stream.
+func want(agency uint32, held uint64, finished bool) agencyState {
+	return agencyState{held, finished, receipt.ChainOf(stream(agency, 0, int(held)))}
+}
+
+// checkStatus fails the test unless every agency's Status and the
+// FinishedCount match want (index agency-1).
+func checkStatus(t *testing.T, s *persist.Store, want []agencyState) {
 	t.Helper()
-	for i := range min(len(got), len(want)) {
-		if got[i] != want[i] {
-			t.Fatalf("bet %d:\n got %s\nwant %s", i, showBet(got[i]), showBet(want[i]))
+	finished := 0
+	for i, w := range want {
+		var got agencyState
+		got.held, got.finished, got.chain = s.Status(uint32(i + 1))
+		if got != w {
+			t.Errorf("agency %d: %v, want %v", i+1, got, w)
+		}
+		if w.finished {
+			finished++
 		}
 	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d bets, want %d", len(got), len(want))
+	if got := s.FinishedCount(); got != finished {
+		t.Errorf("FinishedCount %d, want %d", got, finished)
 	}
 }
 
-func showBet(b Bet) string {
-	return fmt.Sprintf("%d %q %q %q %s %d", b.Agency, b.FirstName, b.LastName, b.Document, b.Birthdate, b.Number)
-}
-
-// byAgency splits bets into one slice per agency, keeping their order.
-func byAgency(bets []Bet) map[uint32][]frame.Bet {
-	m := map[uint32][]frame.Bet{}
-	for _, b := range bets {
-		m[b.Agency] = append(m[b.Agency], b.Bet)
-	}
-	return m
-}
-
-// fileSize is the size of dir/name.
-func fileSize(t testing.TB, dir, name string) int64 {
+// checkWinners fails the test unless the store's winners are those of the
+// agencies' first held bets.
+func checkWinners(t *testing.T, s *persist.Store, held map[uint32]uint64) {
 	t.Helper()
-	info, err := os.Stat(filepath.Join(dir, name))
+	got, err := s.Winners()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Winners: %v", err)
 	}
-	return info.Size()
-}
-
-// appendFile appends data to dir/name.
-func appendFile(t testing.TB, dir, name string, data []byte) {
-	t.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// journalRecords parses dir's journal, failing on a torn record.
-func journalRecords(t testing.TB, dir string) []record {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, JournalFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var recs []record
-	for len(data) > 0 {
-		r, n, err := parseRecord(data)
-		if err != nil {
-			t.Fatalf("journal record %d: %v", len(recs), err)
+	wantW := winnersOf(held)
+	for a := range s.Agencies() + 2 { // and the agencies just outside 1..N
+		g, w := got[uint32(a)], wantW[uint32(a)]
+		if !slices.Equal(g, w) {
+			t.Errorf("winners of agency %d: %q, want %q", a, g, w)
 		}
-		recs = append(recs, r)
-		data = data[n:]
 	}
-	return recs
-}
-
-// status is every agency's held count and finished flag, for comparisons.
-func status(s *Store) []string {
-	var out []string
-	for a := 1; a <= s.Agencies(); a++ {
-		held, fin := s.Status(uint32(a))
-		out = append(out, fmt.Sprintf("%d:%d:%t", a, held, fin))
-	}
-	return append(out, fmt.Sprintf("finished=%d", s.FinishedCount()))
-}
-
-func sameStatus(t testing.TB, got, want []string) {
-	t.Helper()
-	if !slices.Equal(got, want) {
-		t.Fatalf("status:\n got %v\nwant %v", got, want)
+	if len(got) > len(wantW) {
+		t.Errorf("winners for %d agencies, want %d: %v", len(got), len(wantW), got)
 	}
 }

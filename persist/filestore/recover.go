@@ -3,6 +3,7 @@ package filestore
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -68,8 +71,11 @@ func (s *Store) recover() error {
 	if err != nil {
 		return err
 	}
-	if err := s.settle(j, sc, size); err != nil {
-		return err
+	if j.tornAt >= 0 && sc.valid > j.tornAt {
+		return fmt.Errorf("%w: the last record of %s was cut at %d bytes of %s, but valid rows go on to byte %d: "+
+			"records after it are missing, and with them, perhaps, which agencies finished. Restore %s from a backup, "+
+			"or start once with --rebuild-journal to rebuild it from %s", ErrCorrupt, s.path(JournalFile), j.tornAt,
+			BetsFile, sc.valid, JournalFile, BetsFile)
 	}
 	s.state = &persist.State{Lottery: lottery, Agencies: make([]persist.Agency, s.opts.Agencies)}
 	for i := range s.state.Agencies {
@@ -89,6 +95,14 @@ func (s *Store) recover() error {
 				ErrCorrupt, i+1, a.Total, s.path(BetsFile), a.Held, BetsFile)
 		}
 	}
+	// Every check passed: only now is anything in the directory changed.
+	if err := s.settle(j, sc, size); err != nil {
+		return err
+	}
+	if err := s.setAside(j); err != nil {
+		return err
+	}
+	s.reportUnvouched(sc)
 	s.committed = sc.valid
 	return s.writeJournal()
 }
@@ -155,7 +169,9 @@ type journalState struct {
 	records []record
 	damaged string // why the journal cannot be trusted, "" when it can
 	torn    int    // bytes of a torn last record (a crash mid-append)
+	tornAt  int64  // the bets.csv offset the torn record names, -1 when unknown
 	rebuilt bool   // the journal was damaged and is being rebuilt from bets.csv
+	present bool   // the journal file holds bytes (set aside when rebuilt)
 }
 
 // readJournal parses the journal. The first record is always written whole
@@ -168,7 +184,7 @@ func (s *Store) readJournal(betsSize int64) (journalState, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return journalState{}, fmt.Errorf("read journal: %w", err)
 	}
-	var j journalState
+	j := journalState{tornAt: -1, present: len(data) > 0}
 	off := 0
 	for off < len(data) {
 		r, n, err := parseRecord(data[off:])
@@ -177,10 +193,13 @@ func (s *Store) readJournal(betsSize int64) (journalState, error) {
 				ErrCorrupt, s.path(JournalFile), len(j.records), err)
 		}
 		if err != nil {
-			rest := len(data) - off
-			endsFile := errors.Is(err, errShort) || recordLen(data[off:]) == rest
-			if len(j.records) > 0 && endsFile && !validRecordIn(data[off+1:]) {
-				j.torn = rest
+			rest := data[off:]
+			endsFile := errors.Is(err, errShort) || recordLen(rest) == len(rest) || allZero(rest)
+			if len(j.records) > 0 && endsFile && !validRecordIn(rest[1:]) {
+				j.torn = len(rest)
+				if errors.Is(err, errShort) { // cut short, so what is there was written whole
+					j.tornAt = tornOffset(rest)
+				}
 			} else {
 				j.damaged = fmt.Sprintf("record %d at byte %d %v", len(j.records), off, err)
 			}
@@ -218,18 +237,44 @@ func (s *Store) readJournal(betsSize int64) (journalState, error) {
 			"it from %s (agencies that had finished send FINISHED again; running agencies do so by themselves)",
 			ErrCorrupt, s.path(JournalFile), j.damaged, BetsFile, JournalFile, BetsFile)
 	}
-	if len(data) > 0 {
-		aside := s.path(JournalFile + ".damaged-" + stamp())
-		if err := os.Rename(s.path(JournalFile), aside); err != nil {
-			return journalState{}, fmt.Errorf("set aside damaged journal: %w", err)
-		}
-		s.log.Warn("store_recover", logging.Success, zap.String("file", JournalFile), zap.String("damage", j.damaged),
-			zap.String("moved_to", aside), zap.String("action_taken", "rebuilt from "+BetsFile))
-	} else {
+	return journalState{tornAt: -1, damaged: j.damaged, rebuilt: true, present: j.present}, nil
+}
+
+// setAside keeps a damaged journal that is being rebuilt, under a new name.
+func (s *Store) setAside(j journalState) error {
+	if !j.rebuilt {
+		return nil
+	}
+	if !j.present {
 		s.log.Warn("store_recover", logging.Success, zap.String("file", JournalFile), zap.String("damage", j.damaged),
 			zap.String("action_taken", "rebuilt from "+BetsFile))
+		return nil
 	}
-	return journalState{rebuilt: true}, nil
+	aside := s.path(JournalFile + ".damaged-" + stamp())
+	if err := os.Rename(s.path(JournalFile), aside); err != nil {
+		return fmt.Errorf("set aside damaged journal: %w", err)
+	}
+	s.log.Warn("store_recover", logging.Success, zap.String("file", JournalFile), zap.String("damage", j.damaged),
+		zap.String("moved_to", aside), zap.String("action_taken", "rebuilt from "+BetsFile))
+	return nil
+}
+
+// tornOffset is the bets.csv offset a cut record names, when enough of it
+// survived to read it, else -1.
+func tornOffset(b []byte) int64 {
+	if len(b) < recordHeader+9 || b[recordHeader] != recordFormat {
+		return -1
+	}
+	return int64(binary.BigEndian.Uint64(b[recordHeader+1:]))
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // recordLen is the whole size a record header announces, or -1.
@@ -257,6 +302,9 @@ type scanned struct {
 	chain []*receipt.Chain
 	valid int64 // end of the last complete, valid row
 	bad   error // why reading stopped before the end, with line and offset
+	// vouched is every agency's count at the journal's last record; rows
+	// after it were written in the window before a crash's journal record.
+	vouched []uint64
 }
 
 // scan reads bets.csv from the start, rebuilding counts, chains and the
@@ -301,6 +349,9 @@ func (s *Store) scan(records []record) (*scanned, error) {
 					"restore %s from a backup", ErrCorrupt, r.offset, BetsFile, total, JournalFile, vouched, BetsFile)
 			}
 			next++
+			if next == len(records) {
+				sc.vouched = slices.Clone(sc.count)
+			}
 		}
 		return nil
 	}
@@ -355,6 +406,28 @@ func (s *Store) validate(b *Bet, today frame.Date) error {
 		return fmt.Errorf("agency %d is outside 1..%d", b.Agency, s.opts.Agencies)
 	}
 	return b.Validate(today)
+}
+
+// reportUnvouched names the rows kept past the journal's last record: a
+// crash came between their fsync and their journal record, so they were
+// never acknowledged, but they are the agency's next bets all the same.
+func (s *Store) reportUnvouched(sc *scanned) {
+	if sc.vouched == nil {
+		return
+	}
+	var rows uint64
+	var agencies []string
+	for i := range sc.count {
+		if n := sc.count[i] - sc.vouched[i]; n > 0 {
+			rows += n
+			agencies = append(agencies, fmt.Sprintf("%d:%d", i+1, n))
+		}
+	}
+	if rows > 0 {
+		s.log.Warn("store_recover", logging.Success, zap.String("file", BetsFile), zap.Uint64("rows_past_last_record", rows),
+			zap.String("agency_rows", strings.Join(agencies, ",")),
+			zap.String("note", "written before a crash and never acknowledged; kept as the agencies' next bets"))
+	}
 }
 
 // settle deals with bytes after the last valid row: an incomplete last row,
