@@ -6,15 +6,17 @@ GO ?= go
 BIN := bin
 AGENCIES ?= 5
 DATA_DIR ?= .data
+# Key files (bin/keygen): git-ignored; the Compose files mount them from here.
+KEYS_DIR := .keys
 PROJECT ?= tp0
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w"
 COMMANDS := eventserver/cmd/eventserver eventserver/cmd/probe agency/cmd/agency agency/cmd/gendata \
-	compose/cmd/compose bench/cmd/bench agency/cmd/verify
+	compose/cmd/compose bench/cmd/bench agency/cmd/verify secure/cmd/keygen
 
-.PHONY: help build lint test test-short fuzz data demo drain-demo clean
+.PHONY: help build lint test test-short fuzz data keys demo drain-demo clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 build: ## static binaries in bin/
 	@mkdir -p $(BIN)
@@ -35,13 +37,16 @@ fuzz: ## run the frame decoder fuzzer for FUZZTIME (default 60s)
 data: ## synthetic .data/agency-{1..AGENCIES}.csv (never overwrites)
 	$(GO) run ./agency/cmd/gendata --dir $(DATA_DIR) --agencies $(AGENCIES)
 
-demo: build data ## server and 5 agencies on 127.0.0.1, winners printed, server stopped
-	@bash eventserver/demo.sh
+keys: build ## key files for the server and AGENCIES agencies in .keys/ (adds missing ones, never overwrites)
+	$(BIN)/keygen --dir $(KEYS_DIR) --agencies $(AGENCIES)
 
-drain-demo: build ## SIGTERM mid-upload, drain, restart, agencies resume, store checked
-	@bash eventserver/drain-demo.sh
+demo: build data ## server and 5 agencies on 127.0.0.1, secured, winners and metrics printed, server stopped
+	@KEYS_DIR=$(KEYS_DIR) bash eventserver/demo.sh
 
-clean: ## remove binaries (keeps .data)
+drain-demo: build ## secured; SIGTERM mid-upload, drain, restart, agencies resume, store and receipts checked
+	@KEYS_DIR=$(KEYS_DIR) bash eventserver/drain-demo.sh
+
+clean: ## remove binaries (keeps .data and .keys)
 	rm -rf $(BIN)
 
 # Docker targets (docker-image, docker-compose-up/down/logs, e2e) and the

@@ -164,6 +164,7 @@ type client struct {
 	root     frame.Hash
 	progress bool // this attempt got somewhere: reset the give-up clock
 	shown    time.Time
+	read     float64 // share of the source read up to the last acknowledged batch
 }
 
 type notReady struct{ frame.NotReady }
@@ -535,6 +536,7 @@ type batch struct {
 	bets  []frame.Bet
 	wire  []byte
 	after Checkpoint
+	read  float64 // the source's Progress once the batch was read
 	err   error
 	last  bool // the source is exhausted; no bets
 }
@@ -550,6 +552,7 @@ func (c *client) produce(out chan<- batch, stop <-chan struct{}) {
 		if err == nil && len(bets) > 0 {
 			b.wire, b.err = frame.Encode(&frame.Bets{First: first, Bets: bets})
 			b.after = c.batcher.Checkpoint()
+			b.read = c.src.Progress() // here: the source is this goroutine's
 		}
 		select {
 		case out <- b:
@@ -673,7 +676,7 @@ func (c *client) onAnswer(k *conn, m inbound, inflight *[]batch) error {
 		if end > c.acked {
 			c.acked, c.progress = end, true
 		}
-		c.base = b.after
+		c.base, c.read = b.after, b.read
 		if c.cfg.LogEachBet {
 			for _, bet := range b.bets {
 				c.log.Info("apuesta_enviada", logging.Success, zap.String("dni", bet.Document), zap.Uint16("numero", bet.Number))
@@ -727,7 +730,7 @@ func (c *client) report(done bool) {
 	if now := time.Now(); now.Sub(c.shown) >= c.cfg.Progress {
 		if !c.shown.IsZero() {
 			c.log.Info("upload", logging.InProgress, zap.Uint32("agency", c.cfg.Agency), zap.Uint64("bets", c.acked),
-				zap.String("percent", fmt.Sprintf("%.1f", 100*c.src.Progress())))
+				zap.String("percent", fmt.Sprintf("%.1f", 100*c.read)))
 		}
 		c.shown = now
 	}
@@ -786,7 +789,7 @@ func (c *client) checkReceipt(f *frame.Receipt) error {
 	if c.cfg.ReceiptFile != "" {
 		if err := receipt.WriteFile(c.cfg.ReceiptFile, receipt.File{Receipt: r}); err != nil {
 			c.log.Error("receipt", logging.Fail, zap.String("file", c.cfg.ReceiptFile), zap.Error(err))
-			return err
+			return fmt.Errorf("%w: cannot keep it: %w", ErrReceipt, err) // a person must fix the path
 		}
 		fields = append(fields, zap.String("file", c.cfg.ReceiptFile))
 	}
@@ -843,7 +846,7 @@ func (c *client) gotWinners(docs []string) error {
 		root := c.root
 		if err := receipt.WriteFile(c.cfg.ReceiptFile, receipt.File{Receipt: *c.receipt, Root: &root}); err != nil {
 			c.log.Error("receipt", logging.Fail, zap.String("file", c.cfg.ReceiptFile), zap.Error(err))
-			return err
+			return fmt.Errorf("%w: cannot keep it: %w", ErrReceipt, err)
 		}
 	}
 	shown := docs

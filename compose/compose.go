@@ -22,6 +22,31 @@ const (
 	agencyImage   = "loteria-agency:latest"
 )
 
+// Where the key files and the receipts live, on the host (relative to the
+// project directory, the repository root) and in the containers.
+const (
+	// KeysDir is the host folder bin/keygen writes the keys to.
+	KeysDir = ".keys"
+	// ReceiptsDir holds one writable folder per agency, agency-I, where
+	// agency I saves its receipt.
+	ReceiptsDir = ".data/receipts"
+	// GroupVariable names the host group, a number, that may read the
+	// private keys (mode 0640) and write the receipt folders; Compose reads
+	// it from the environment when it starts the containers.
+	GroupVariable = "KEYS_GID"
+	// MetricsPort is the server's HTTP port for /metrics, /healthz and
+	// /readyz, reachable on the Compose network only.
+	MetricsPort = 9090
+
+	containerKeys     = "/keys"
+	containerReceipts = "/receipts"
+)
+
+// groupAdd is the value of every service's group_add entry: the variable,
+// interpolated by Compose at run time, 0 (root's group) when unset, so the
+// committed file holds no host's group number.
+var groupAdd = "${" + GroupVariable + ":-0}"
+
 // ErrAgencies reports an agency count outside 0..MaxAgencies.
 var ErrAgencies = errors.New("agency count out of range")
 
@@ -63,6 +88,15 @@ func writeHeader(b *bytes.Buffer, n int) {
 		b.WriteString("# No client services were generated (0 agencies); the server expects 1 agency,\n")
 		b.WriteString("# the least it accepts.\n")
 	}
+	b.WriteString("#\n")
+	fmt.Fprintf(b, "# Secured: the keys come from ./%s (bin/keygen --dir %s --agencies %d), each\n", KeysDir, KeysDir, max(n, 1))
+	b.WriteString("# container mounting only the files it needs. The containers run as uid 65534\n")
+	fmt.Fprintf(b, "# with the extra group $%s, which may read the private keys (mode 0640) and\n", GroupVariable)
+	fmt.Fprintf(b, "# write ./%s/agency-I/. make docker-compose-up prepares both and sets\n", ReceiptsDir)
+	fmt.Fprintf(b, "# %s=$(id -g); to run docker compose by hand, export it first. A missing\n", GroupVariable)
+	b.WriteString("# file or folder stops Compose before any container starts.\n")
+	fmt.Fprintf(b, "# The server's metrics (port %d) are reachable on %s only; add\n", MetricsPort, networkName)
+	b.WriteString("# -f compose/publish-metrics.yaml to publish them on the host's 127.0.0.1.\n")
 }
 
 func writeServer(b *bytes.Buffer, n int) {
@@ -71,22 +105,35 @@ func writeServer(b *bytes.Buffer, n int) {
 	fmt.Fprintf(b, "    container_name: %s\n", serverService)
 	fmt.Fprintf(b, "    image: %s\n", serverImage)
 	b.WriteString("    pull_policy: never\n")
-	fmt.Fprintf(b, "    command: [\"--config\", \"/config/config.yaml\", \"--agencies\", \"%d\", \"--data-dir\", \"/data\"]\n", expected)
+	fmt.Fprintf(b, "    command: [\"--config\", \"/config/config.yaml\", \"--agencies\", \"%d\", \"--data-dir\", \"/data\", "+
+		"\"--keys\", \"%s\", \"--metrics-listen\", \"0.0.0.0:%d\"]\n", expected, containerKeys, MetricsPort)
+	writeGroupAdd(b)
 	b.WriteString("    volumes:\n")
-	b.WriteString("      - ./eventserver/config.yaml:/config/config.yaml:ro\n")
+	writeBind(b, "./eventserver/config.yaml", "/config/config.yaml", true)
 	fmt.Fprintf(b, "      - %s:/data\n", dataVolume)
+	// The server's two private keys and every agency's public key: exactly
+	// what --keys reads.
+	writeKeyMount(b, "server.key")
+	writeKeyMount(b, "server-sign.key")
+	for id := 1; id <= expected; id++ {
+		writeKeyMount(b, "agency-"+strconv.Itoa(id)+".pub")
+	}
 	b.WriteString("    healthcheck:\n")
-	b.WriteString("      test: [\"CMD\", \"/probe\", \"--server\", \"127.0.0.1:12345\"]\n")
+	fmt.Fprintf(b, "      test: [\"CMD\", \"/probe\", \"--http\", \"http://127.0.0.1:%d/readyz\", \"--timeout\", \"1s\"]\n", MetricsPort)
 	b.WriteString("      interval: 1s\n")
 	b.WriteString("      timeout: 2s\n")
 	b.WriteString("      retries: 30\n")
 	b.WriteString("      start_period: 5s\n")
+	// Crash-only: a server whose store fails exits 1 and is started again,
+	// on the same data volume, where recovery runs.
+	b.WriteString("    restart: on-failure\n")
 	writeTail(b)
 }
 
 func writeClient(b *bytes.Buffer, id int) {
 	name := clientService(id)
-	csv := ".data/agency-" + strconv.Itoa(id) + ".csv"
+	agency := "agency-" + strconv.Itoa(id)
+	csv := ".data/" + agency + ".csv"
 	b.WriteString("\n")
 	fmt.Fprintf(b, "  %s:\n", name)
 	fmt.Fprintf(b, "    container_name: %s\n", name)
@@ -94,14 +141,49 @@ func writeClient(b *bytes.Buffer, id int) {
 	b.WriteString("    pull_policy: never\n")
 	b.WriteString("    environment:\n")
 	fmt.Fprintf(b, "      - CLI_ID=%d\n", id)
+	fmt.Fprintf(b, "      - CLI_KEY=%s/%s.key\n", containerKeys, agency)
+	fmt.Fprintf(b, "      - CLI_SERVER_PUB=%s/server.pub\n", containerKeys)
+	fmt.Fprintf(b, "      - CLI_SIGN_PUB=%s/server-sign.pub\n", containerKeys)
+	fmt.Fprintf(b, "      - CLI_RECEIPT=%s/%s.json\n", containerReceipts, agency)
 	b.WriteString("    command: [\"--config\", \"/config/config.yaml\"]\n")
+	writeGroupAdd(b)
 	b.WriteString("    volumes:\n")
-	b.WriteString("      - ./agency/config.yaml:/config/config.yaml:ro\n")
-	fmt.Fprintf(b, "      - ./%s:/%s:ro\n", csv, csv)
+	writeBind(b, "./agency/config.yaml", "/config/config.yaml", true)
+	writeBind(b, "./"+csv, "/"+csv, true)
+	// Its own private key and the server's public keys, nothing else.
+	writeKeyMount(b, agency+".key")
+	writeKeyMount(b, "server.pub")
+	writeKeyMount(b, "server-sign.pub")
+	writeBind(b, "./"+ReceiptsDir+"/"+agency, containerReceipts, false)
 	b.WriteString("    depends_on:\n")
 	fmt.Fprintf(b, "      %s:\n", serverService)
 	b.WriteString("        condition: service_healthy\n")
+	// An agency that exits has finished, or needs a person.
+	b.WriteString("    restart: \"no\"\n")
 	writeTail(b)
+}
+
+// writeKeyMount mounts the key file name from the host's key folder,
+// read-only, at the same name in the container's.
+func writeKeyMount(b *bytes.Buffer, name string) {
+	writeBind(b, "./"+KeysDir+"/"+name, containerKeys+"/"+name, true)
+}
+
+// writeBind writes a bind mount in the long syntax, on one line. Unlike
+// "source:target", it makes Compose (v1 and v2) refuse to start when the
+// source is missing, instead of creating a root-owned directory there that
+// keygen, make data and the agency would then trip over.
+func writeBind(b *bytes.Buffer, source, target string, readOnly bool) {
+	fmt.Fprintf(b, "      - {type: bind, source: %s, target: %s", source, target)
+	if readOnly {
+		b.WriteString(", read_only: true")
+	}
+	b.WriteString("}\n")
+}
+
+func writeGroupAdd(b *bytes.Buffer) {
+	b.WriteString("    group_add:\n")
+	fmt.Fprintf(b, "      - \"%s\"\n", groupAdd)
 }
 
 // writeTail writes the keys every service ends with.

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +32,7 @@ const badValue = "@not-valid@"
 type dockerfile struct {
 	from        []string
 	user        string
+	stopSignal  string
 	copies      map[string]string // destination -> source
 	instrs      []string          // instruction keywords, upper case
 	entrypoints int
@@ -64,6 +66,8 @@ func readDockerfile(t *testing.T, path string) dockerfile {
 			d.from = append(d.from, args[0])
 		case "USER":
 			d.user = args[0]
+		case "STOPSIGNAL":
+			d.stopSignal = args[0]
 		case "ENTRYPOINT":
 			d.entrypoints++
 		case "COPY":
@@ -104,6 +108,12 @@ func TestDockerfilesAreScratchNonRoot(t *testing.T) {
 			}
 			if d.entrypoints != 1 {
 				t.Errorf("%d ENTRYPOINT lines, want 1", d.entrypoints)
+			}
+			// Without a named stop signal, Docker cancels `restart:
+			// on-failure` for a crash forced by any `docker kill -s`, and
+			// make e2e could not prove the server is restarted.
+			if path == "eventserver/Dockerfile" && d.stopSignal != "SIGTERM" {
+				t.Errorf("STOPSIGNAL %q, want SIGTERM (the drain signal, named)", d.stopSignal)
 			}
 			var got []string
 			for dst := range d.copies {
@@ -172,7 +182,8 @@ var (
 	buildErr  error
 )
 
-// binaries builds the server and the agency once per test run.
+// binaries builds the server, the agency and keygen once per test run, and
+// writes keys for 5 agencies into keys/ beside them.
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -183,10 +194,15 @@ func binaries(t *testing.T) string {
 		}
 		binDir = dir
 		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-			"./eventserver/cmd/eventserver", "./agency/cmd/agency")
+			"./eventserver/cmd/eventserver", "./agency/cmd/agency", "./secure/cmd/keygen")
 		cmd.Dir = repoRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = errors.New(string(out))
+			return
+		}
+		keygen := exec.Command(filepath.Join(dir, "keygen"), "--dir", filepath.Join(dir, "keys"), "--agencies", "5")
+		if out, err := keygen.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("keygen: %v\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -281,6 +297,7 @@ func runWith(t *testing.T, bin string, doc []byte, env []string, args ...string)
 // value under it has to be refused (exit 2, the value quoted), not ignored.
 func TestServerConfigKeysAreRead(t *testing.T) {
 	bin := filepath.Join(binaries(t), "eventserver")
+	keyDir := filepath.Join(binaries(t), "keys")
 	doc, err := os.ReadFile(filepath.Join(repoRoot, "eventserver", "config.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +319,8 @@ func TestServerConfigKeysAreRead(t *testing.T) {
 				// Should the key be ignored, the server starts: on loopback.
 				bad = setKey(t, bad, "listen", "127.0.0.1:0")
 			}
-			code, out := runWith(t, bin, bad, []string{"SERVER_DATA_DIR=" + t.TempDir()})
+			// Keyed as in Compose: the committed file holds no key setting.
+			code, out := runWith(t, bin, bad, []string{"SERVER_DATA_DIR=" + t.TempDir(), "SERVER_KEYS=" + keyDir})
 			if code != 2 || !strings.Contains(out, badValue) {
 				t.Errorf("a bad %s gave exit %d, want 2 and an error quoting the value; output:\n%s", key, code, out)
 			}
@@ -329,11 +347,17 @@ func TestAgencyConfigKeysAreRead(t *testing.T) {
 		}
 	}
 	// With no bets file in its directory the agency stops at exit 1 right
-	// after loading its settings, before any connection.
-	env := []string{"CLI_ID=1"}
+	// after loading its settings, before any connection. Its keys come from
+	// the environment, as in Compose: the course's file has no key setting.
+	keyDir := filepath.Join(binaries(t), "keys")
+	env := []string{"CLI_ID=1", "CLI_KEY=" + filepath.Join(keyDir, "agency-1.key"),
+		"CLI_SERVER_PUB=" + filepath.Join(keyDir, "server.pub"), "CLI_SIGN_PUB=" + filepath.Join(keyDir, "server-sign.pub")}
 	code, out := runWith(t, bin, doc, env)
 	if code != 1 || !strings.Contains(out, "action: config | result: success") || !strings.Contains(out, "action: open_bets | result: fail") {
 		t.Fatalf("agency with the committed config: exit %d, want 1 after a config line and open_bets fail; output:\n%s", code, out)
+	}
+	if !strings.Contains(out, "mode: secure") {
+		t.Errorf("the agency keyed through the environment does not run secure; output:\n%s", out)
 	}
 	if !strings.Contains(out, "server: server:12345") {
 		t.Errorf("server.address not taken from the file; output:\n%s", out)
@@ -416,10 +440,42 @@ func TestValidarEchoServerVerdicts(t *testing.T) {
 }
 
 func TestShellScriptsParse(t *testing.T) {
-	for _, s := range []string{"compose/e2e.sh", "validar-echo-server.sh"} {
+	for _, s := range []string{"compose/e2e.sh", "validar-echo-server.sh", "eventserver/demo.sh", "eventserver/drain-demo.sh"} {
 		out, err := exec.Command("bash", "-n", filepath.Join(repoRoot, s)).CombinedOutput()
 		if err != nil {
 			t.Errorf("bash -n %s: %v\n%s", s, err, out)
+		}
+	}
+}
+
+// The Makefile prepares exactly the paths the Compose file mounts, and
+// exports the variable its group_add reads.
+func TestMakefileMatchesGenerator(t *testing.T) {
+	read := func(path string) string {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(repoRoot, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	makefile, dockerMk := read("Makefile"), read("compose/docker.mk")
+	for _, want := range []struct{ file, text, line string }{
+		{"Makefile", makefile, "KEYS_DIR := " + KeysDir + "\n"},
+		{"Makefile", makefile, " secure/cmd/keygen"},
+		{"compose/docker.mk", dockerMk, "RECEIPTS_DIR := " + ReceiptsDir + "\n"},
+		{"compose/docker.mk", dockerMk, GroupVariable + " ?= $(shell id -g)\n"},
+		{"compose/docker.mk", dockerMk, "export " + GroupVariable + "\n"},
+		{"compose/docker.mk", dockerMk, "-f compose/publish-metrics.yaml"},
+	} {
+		if !strings.Contains(want.text, want.line) {
+			t.Errorf("%s lacks %q", want.file, want.line)
+		}
+	}
+	ignore := read(".gitignore")
+	for _, dir := range []string{"/" + KeysDir + "/", "/.data/"} {
+		if !slices.Contains(strings.Split(ignore, "\n"), dir) {
+			t.Errorf(".gitignore does not ignore %s", dir)
 		}
 	}
 }

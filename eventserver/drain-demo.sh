@@ -4,14 +4,18 @@
 # finishes the batches in flight, closes each connection, flushes and fsyncs
 # the store, exits 0). It is started again on the same port and data; the
 # agencies, which kept retrying, resume where the server's WELCOME says and
-# finish. bin/verify then checks the store against the agencies' files.
-# Needs bin/ (make build); makes its own data in a temporary directory.
+# finish. bin/verify then checks the store against the draw's signed
+# commitment, the agencies' signed receipts and the agencies' files.
+# Secured with the keys in KEYS_DIR (default .keys; bin/keygen writes the
+# missing ones, never overwrites one). Needs bin/ (make build); makes its own
+# data in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 agencies=5
 sizes=60000,60000,40000,30000,5000
 batch=40
+keys=${KEYS_DIR:-.keys}
 work=$(mktemp -d "${TMPDIR:-/tmp}/lottery-drain-demo.XXXXXX")
 server_pid=""
 agency_pids=()
@@ -30,13 +34,13 @@ section() { printf '\n=== %s\n' "$*"; }
 show() { sed -e 's/^[0-9-]* [0-9:]* [A-Z]* //' -e 's/^/    /'; }
 fail() { printf '\nFAIL: %s\n' "$*"; exit 1; }
 
-for b in eventserver agency gendata verify; do
+for b in eventserver agency gendata verify keygen; do
   [ -x "bin/$b" ] || fail "bin/$b is missing: run make build"
 done
 
 # start_server LOG LISTEN starts the server in the background.
 start_server() {
-  bin/eventserver --listen "$2" --agencies "$agencies" --data-dir "$work/store" \
+  bin/eventserver --listen "$2" --agencies "$agencies" --data-dir "$work/store" --keys "$keys" \
     --shutdown-grace 10s >"$1" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
@@ -47,23 +51,30 @@ start_server() {
   fail "the server did not listen within 10s"
 }
 
-section "1. Demo data: $agencies agency files ($sizes bets) in $work"
+section "1. Demo data: $agencies agency files ($sizes bets) in $work; keys in $keys"
 bin/gendata --dir "$work/files" --agencies "$agencies" --sizes "$sizes" | show
+bin/keygen --dir "$keys" --agencies "$agencies" >"$work/keygen.log" 2>&1 || { show <"$work/keygen.log"; fail "bin/keygen failed"; }
+grep "action: keygen | result: success | dir:" "$work/keygen.log" | show
+mkdir -p "$work/receipts"
 
 section "2. Server up, $agencies agencies uploading (batches of $batch bets)"
 start_server "$work/server-1.log" 127.0.0.1:0
 addr=$(sed -n 's/.*action: listen | result: success | address: \([^ ]*\).*/\1/p' "$work/server-1.log")
-echo "    server listening on $addr"
+mode=$(grep "action: config | result: success" "$work/server-1.log" | sed -n 's/.* | mode: \([a-z]*\).*/\1/p')
+echo "    server listening on $addr (mode: $mode; each agency proves its key, every frame encrypted)"
 for i in $(seq 1 "$agencies"); do
   bin/agency --id "$i" --server "$addr" --bets "$work/files/agency-$i.csv" --batch-max-amount "$batch" \
+    --key "$keys/agency-$i.key" --server-pub "$keys/server.pub" --sign-pub "$keys/server-sign.pub" \
+    --receipt "$work/receipts/agency-$i.json" \
     --retry-base 100ms --retry-max 1s --give-up 60s >"$work/agency-$i.log" 2>&1 &
   agency_pids+=($!)
 done
-for _ in $(seq 1 100); do
+# The whole upload takes about a second here: the signal goes as soon as the
+# first batches are stored.
+for _ in $(seq 1 500); do
   grep -q "action: apuesta_recibida | result: success" "$work/server-1.log" && break
-  sleep 0.1
+  sleep 0.02
 done
-sleep 1
 stored=$(grep -c "action: apuesta_recibida | result: success" "$work/server-1.log" || true)
 echo "    $stored batches stored so far"
 
@@ -82,12 +93,14 @@ acked=$(grep "action: apuesta_recibida | result: success" "$work/server-1.log" |
   sed -n 's/.*| stored: \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}')
 on_disk=$(grep -c . "$work/store/bets.csv" || true)
 echo "    the server acknowledged $acked bets; bets.csv holds $on_disk rows"
+total=$(tr , '\n' <<<"$sizes" | awk '{s += $1} END {print s + 0}')
+[ "$acked" -lt "$total" ] || fail "the upload ($total bets) was over before the SIGTERM took effect: nothing left to resume; run again"
 
 section "4. Server down for 2s: the agencies keep retrying"
 sleep 2
 for i in $(seq 1 "$agencies"); do
   n=$(grep -c "action: connect | result: in_progress" "$work/agency-$i.log" || true)
-  last=$(grep "action: connect | result: in_progress" "$work/agency-$i.log" | tail -1 | sed 's/.*| attempt: /attempt: /')
+  last=$({ grep "action: connect | result: in_progress" "$work/agency-$i.log" || true; } | tail -1 | sed 's/.*| attempt: /attempt: /')
   echo "    agency $i: $n × connect | result: in_progress; last: $last"
 done
 
@@ -110,19 +123,26 @@ done
 agency_pids=()
 for i in $(seq 1 "$agencies"); do
   echo "    agency $i:"
-  grep -E "action: (hello|upload|consulta_ganadores) \| result: success" "$work/agency-$i.log" |
+  grep -E "action: (hello|upload|receipt|consulta_ganadores) \| result: success" "$work/agency-$i.log" |
     grep -v "held: 0 |" | show | sed 's/^/  /'
 done
 [ "$failed" -eq 0 ] || fail "an agency did not finish"
 
-section "7. Server stopped; bin/verify compares the store with the agency files"
+section "7. Server stopped; bin/verify checks the store against the signed commitment, the receipts and the files"
 kill -TERM "$server_pid"
 status=0
 wait "$server_pid" || status=$?
 server_pid=""
 [ "$status" -eq 0 ] || fail "the restarted server exited with status $status"
-bin/verify --store "$work/store/bets.csv" --agency-files "$work/files/agency-%d.csv" --agencies "$agencies" \
-  >"$work/verify.log" || { show <"$work/verify.log"; fail "the store differs from the agency files"; }
+receipts=""
+for i in $(seq 1 "$agencies"); do
+  receipts="$receipts${receipts:+,}$work/receipts/agency-$i.json"
+done
+echo "    bin/verify --store $work/store --sign-pub $keys/server-sign.pub --receipts <the $agencies receipts> \\"
+echo "        --agency-files $work/files/agency-%d.csv --agencies $agencies"
+bin/verify --store "$work/store" --sign-pub "$keys/server-sign.pub" --receipts "$receipts" \
+  --agency-files "$work/files/agency-%d.csv" --agencies "$agencies" \
+  >"$work/verify.log" || { show <"$work/verify.log"; fail "the store differs from the commitment, a receipt or the agency files"; }
 show <"$work/verify.log"
 # Each agency must have received as many winners as its own file holds winning bets.
 for i in $(seq 1 "$agencies"); do
@@ -130,5 +150,6 @@ for i in $(seq 1 "$agencies"); do
   got=$(sed -n 's/.*action: consulta_ganadores | result: success | .*cant_ganadores: \([0-9]*\).*/\1/p' "$work/agency-$i.log")
   [ -n "$want" ] && [ "$got" = "$want" ] || fail "agency $i received $got winners, its file holds $want"
 done
-printf '\nPASS: drained with exit 0, nothing acknowledged was lost, every bet stored exactly once, winners right\n'
+printf '\nPASS: secured; drained with exit 0, nothing acknowledged was lost, every bet stored exactly once,\n'
+printf '      winners right, the signed commitment and every signed receipt match the store\n'
 
