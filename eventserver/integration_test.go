@@ -4,62 +4,43 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"reflect"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/receipt"
 )
 
-// These tests run the real server in-process on 127.0.0.1:0 and talk to it
-// over TCP. Every read has a deadline that only guards against hangs; no
-// test depends on how long anything takes. Each test has its own server and
-// data directory, so they run in parallel (a gnet Stop polls every 500ms).
-
-func stopServer(t *testing.T, ts *testServer) {
-	t.Helper()
-	if err := ts.stop(t); err != nil {
-		t.Fatalf("Serve returned %v, want nil after a clean drain", err)
-	}
-}
-
-func requireOneDraw(t *testing.T, ts *testServer) {
-	t.Helper()
-	draws := logLines(ts.logs, "sorteo")
-	if len(draws) != 1 {
-		t.Fatalf("sorteo logged %d times, want exactly once", len(draws))
-	}
-	checkFields(t, draws[0], map[string]any{"result": "success"})
-}
+// These tests run the real server in-process on 127.0.0.1:0, secured unless
+// a test says otherwise, and talk to it over TCP with the test's own client
+// (peer, runSpec) or the real agency client (agency.Run). Each test has its
+// own server, keys and data directory, so they run in parallel.
 
 func TestIntegrationAgenciesUploadConcurrently(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		agencies, bets, batch int
+		agencies, bets, batch, window int
 	}{
-		{agencies: 5, bets: 120, batch: 25},
-		{agencies: 50, bets: 40, batch: 15},
+		{agencies: 5, bets: 120, batch: 25, window: 4},
+		{agencies: 50, bets: 40, batch: 15, window: 2},
 	} {
 		t.Run(fmt.Sprintf("%d_agencies", tt.agencies), func(t *testing.T) {
-			dir := t.TempDir()
-			ts := startServer(t, Config{Agencies: tt.agencies, DataDir: dir})
+			t.Parallel()
+			ts := startServer(t, Config{Agencies: tt.agencies})
 			var specs []agencySpec
 			for a := uint32(1); a <= uint32(tt.agencies); a++ {
-				specs = append(specs, agencySpec{id: a, bets: agencyBets(a, tt.bets), batch: tt.batch})
+				specs = append(specs, agencySpec{id: a, bets: agencyBets(a, tt.bets), batch: tt.batch, window: tt.window})
 			}
 			checkTestData(t, specs)
 
-			winners := runAgencies(t, ts.Addr(), specs)
-			checkAgencyWinners(t, specs, winners)
-			stopServer(t, ts)
-			checkStored(t, dir, specsWant(specs))
+			got := runSpecs(t, ts, specs)
+			checkOutcomes(t, ts, specs, got)
+			ts.mustStop(t)
+			checkStored(t, ts.dir, specsWant(specs))
 			requireOneDraw(t, ts)
-			if n, want := ts.logs.FilterMessage("apuesta_almacenada").Len(), tt.agencies*tt.bets; n != want {
+			if n, want := ts.logs.count("apuesta_almacenada", nil), tt.agencies*tt.bets; n != want {
 				t.Errorf("apuesta_almacenada logged %d times, want one per bet (%d)", n, want)
 			}
 		})
@@ -88,115 +69,139 @@ func checkTestData(t *testing.T, specs []agencySpec) {
 	}
 }
 
-// TestIntegrationFraming sends the same bets three ways: whole frames, one
-// byte at a time, and everything in a single Write. The results must match.
+// TestIntegrationFraming sends the same bets three ways: whole records, one
+// byte at a time, and everything in a single Write, secured and plaintext.
+// The results must match. Before that, PINGs of every size are answered
+// before HELLO (inside the secured transport), and a plaintext PING, the
+// health check that holds no key, is answered by both servers.
 func TestIntegrationFraming(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	ts := startServer(t, Config{Agencies: 3, DataDir: dir})
-	bets := agencyBets(7, 30)
-	specs := []agencySpec{
-		{id: 1, bets: bets, batch: 7, mode: wholeFrames},
-		{id: 2, bets: bets, batch: 7, mode: byteByByte},
-		{id: 3, bets: bets, batch: 7, mode: coalesced},
+	for _, mode := range []string{"secure", "insecure"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var opts []serverOption
+			if mode == "insecure" {
+				opts = append(opts, optInsecure())
+			}
+			ts := startServer(t, Config{Agencies: 3}, opts...)
+			if err := Ping(ts.Addr(), itGuard); err != nil {
+				t.Errorf("health check PING: %v", err)
+			}
+			p := ts.mustDial(t, 1)
+			for _, payload := range []string{"are you there", "", string(bytes.Repeat([]byte{0, 0xFF}, frame.MaxPayload/2))} {
+				mustPing(t, p, payload)
+			}
+			mustWrite(t, p, &frame.Hello{Agency: 1})
+			if err := checkWelcome(ts, expectFrame[*frame.Welcome](t, p), 0, receipt.Empty()); err != nil {
+				t.Fatalf("after pings: %v", err)
+			}
+			p.close()
+
+			bets := agencyBets(7, 30)
+			specs := []agencySpec{
+				{id: 1, bets: bets, batch: 7, mode: wholeFrames, window: 2},
+				{id: 2, bets: bets, batch: 7, mode: byteByByte, window: 2},
+				{id: 3, bets: bets, batch: 7, mode: coalesced},
+			}
+			got := runSpecs(t, ts, specs)
+			checkOutcomes(t, ts, specs, got)
+			if len(got[1].winners) == 0 {
+				t.Fatal("the test bets have no winners")
+			}
+			for _, s := range specs[1:] {
+				if !slices.Equal(got[s.id].winners, got[1].winners) {
+					t.Errorf("%s agency got winners %q, whole-frame agency %q", s.mode, got[s.id].winners, got[1].winners)
+				}
+			}
+			ts.mustStop(t)
+			checkStored(t, ts.dir, specsWant(specs))
+		})
 	}
-	winners := runAgencies(t, ts.Addr(), specs)
-	checkAgencyWinners(t, specs, winners)
-	if len(winners[1]) == 0 {
-		t.Fatal("the test bets have no winners")
+}
+
+// finishHeld uploads an agency's bets on p and sends FINISHED, which must be
+// answered RECEIPT and NOT_READY; it returns both.
+func finishHeld(t *testing.T, ts *testServer, p *peer, id uint32, bets []frame.Bet) (*frame.Receipt, *frame.NotReady) {
+	t.Helper()
+	mustWrite(t, p, &frame.Hello{Agency: id})
+	if err := checkWelcome(ts, expectFrame[*frame.Welcome](t, p), 0, receipt.Empty()); err != nil {
+		t.Fatal(err)
 	}
-	for _, s := range specs[1:] {
-		if !reflect.DeepEqual(winners[s.id], winners[1]) {
-			t.Errorf("%s agency got winners %q, whole-frame agency %q", s.mode, winners[s.id], winners[1])
-		}
+	s := agencySpec{id: id, bets: bets, batch: 8}
+	batches := s.batches()
+	ends := make([]uint64, len(batches))
+	for i, b := range batches {
+		ends[i] = b.First + uint64(len(b.Bets))
 	}
-	stopServer(t, ts)
-	checkStored(t, dir, specsWant(specs))
+	if err := uploadWindow(p, batches, 1, ends, chainsAt(bets, ends)); err != nil {
+		t.Fatalf("agency %d: %v", id, err)
+	}
+	mustWrite(t, p, &frame.Finished{Total: uint64(len(bets))})
+	r := expectFrame[*frame.Receipt](t, p)
+	if err := checkReceipt(r, id, uint64(len(bets)), receipt.ChainOf(bets), ts.verifyKey()); err != nil {
+		t.Fatal(err)
+	}
+	return r, expectFrame[*frame.NotReady](t, p)
 }
 
 // TestIntegrationDrawWaitsForTheLastAgency holds four finished agencies
-// connected and checks nothing is drawn until the fifth finishes.
+// connected and checks nothing is drawn until the fifth finishes, whose
+// FINISHED is answered with its winners at once; the others get theirs
+// pushed.
 func TestIntegrationDrawWaitsForTheLastAgency(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{Agencies: 5})
-	var held []*client
+	var held []*peer
 	for a := uint32(1); a <= 4; a++ {
-		c, err := openAgency(ts.Addr(), a, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.conn.Close()
-		s := agencySpec{id: a, bets: agencyBets(a, 20), batch: 8}
-		if err := uploadBatches(c, wholeFrames, s.batches()); err != nil {
-			t.Fatalf("agency %d: %v", a, err)
-		}
-		if err := c.write(wholeFrames, &frame.Finished{Total: 20}); err != nil {
-			t.Fatal(err)
-		}
-		nr, err := readAs[*frame.NotReady](c)
-		if err != nil {
-			t.Fatalf("agency %d FINISHED: %v", a, err)
-		}
+		p := ts.mustDial(t, a)
+		_, nr := finishHeld(t, ts, p, a, agencyBets(a, 20))
 		if nr.Finished != a || nr.Agencies != 5 {
 			t.Errorf("agency %d NOT_READY says %d of %d finished, want %d of 5", a, nr.Finished, nr.Agencies, a)
 		}
-		held = append(held, c)
+		held = append(held, p)
 	}
-	last, err := openAgency(ts.Addr(), 5, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer last.conn.Close()
-	lastSpec := agencySpec{id: 5, bets: agencyBets(5, 20), batch: 8}
-	if err := uploadBatches(last, wholeFrames, lastSpec.batches()); err != nil {
-		t.Fatalf("agency 5: %v", err)
-	}
+	last := ts.mustDial(t, 5)
+	lastBets := agencyBets(5, 20)
+	mustWrite(t, last, &frame.Hello{Agency: 5})
+	expectFrame[*frame.Welcome](t, last)
+	mustWrite(t, last, &frame.Bets{First: 0, Bets: lastBets})
+	expectFrame[*frame.Ack](t, last)
 
 	// Everyone but agency 5 has finished: a PING on each held connection must
 	// come back before anything else, so no WINNERS is queued for them.
-	for i, c := range held {
-		payload := []byte(fmt.Sprintf("hold-%d", i+1))
-		if err := c.write(wholeFrames, &frame.Ping{Payload: payload}); err != nil {
-			t.Fatal(err)
-		}
-		pong, err := readAs[*frame.Pong](c)
-		if err != nil {
-			t.Fatalf("agency %d while holding: %v", i+1, err)
-		}
-		if !bytes.Equal(pong.Payload, payload) {
-			t.Errorf("PONG payload %q, want %q", pong.Payload, payload)
-		}
+	for i, p := range held {
+		mustPing(t, p, fmt.Sprintf("hold-%d", i+1))
 	}
 	select {
 	case <-ts.Hub().Drawn():
 		t.Fatal("drawn before the last agency finished")
 	default:
 	}
-	if n := ts.logs.FilterMessage("sorteo").Len(); n != 0 {
+	if n := ts.logs.count("sorteo", nil); n != 0 {
 		t.Fatalf("sorteo logged %d times before the last agency finished", n)
 	}
 
-	if err := last.write(wholeFrames, &frame.Finished{Total: 20}); err != nil {
-		t.Fatal(err)
-	}
-	docs, err := last.awaitWinners()
-	if err != nil {
-		t.Fatalf("agency 5: %v", err)
-	}
-	if want := winnersIn(lastSpec.bets); !reflect.DeepEqual(docs, want) {
+	mustWrite(t, last, &frame.Finished{Total: 20})
+	expectFrame[*frame.Receipt](t, last)
+	// The FINISHED that completes the set is answered with the winners, never NOT_READY.
+	expectFrame[*frame.Commitment](t, last)
+	docs := readWinners(t, last)
+	if want := winnersIn(lastBets); !slices.Equal(docs, want) {
 		t.Errorf("agency 5 winners %q, want %q", docs, want)
 	}
-	for i, c := range held {
-		docs, err := c.awaitWinners()
+	for i, p := range held {
+		a := uint32(i + 1)
+		bets := agencyBets(a, 20)
+		docs, _, err := awaitWinners(p, receipt.Leaf{Agency: a, Bets: 20, Chain: receipt.ChainOf(bets)}, ts.verifyKey())
 		if err != nil {
-			t.Fatalf("agency %d: %v", i+1, err)
+			t.Fatalf("agency %d: %v", a, err)
 		}
-		if want := winnersIn(agencyBets(uint32(i+1), 20)); !reflect.DeepEqual(docs, want) {
-			t.Errorf("agency %d winners %q, want %q", i+1, docs, want)
+		if want := winnersIn(bets); !slices.Equal(docs, want) {
+			t.Errorf("agency %d winners %q, want %q", a, docs, want)
 		}
 	}
 
-	stopServer(t, ts)
+	ts.mustStop(t)
 	requireOneDraw(t, ts)
 	// In the log, the draw comes after the fifth agency_finished line.
 	finished, drawAt := 0, -1
@@ -216,202 +221,175 @@ func TestIntegrationDrawWaitsForTheLastAgency(t *testing.T) {
 	}
 }
 
-// TestIntegrationTakeover opens a second connection for an agency midway:
-// the first is told it was replaced and closed, the second carries on.
+// readWinners reads WINNERS chunks up to the last one.
+func readWinners(t testing.TB, p *peer) []string {
+	t.Helper()
+	var docs []string
+	for {
+		w := expectFrame[*frame.Winners](t, p)
+		docs = append(docs, w.Documents...)
+		if w.Last {
+			return docs
+		}
+	}
+}
+
+// TestIntegrationTakeover opens a second connection with the agency's key
+// midway: the first is told it was replaced and closed, the second carries
+// on from what the first stored.
 func TestIntegrationTakeover(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	ts := startServer(t, Config{Agencies: 1, DataDir: dir})
+	ts := startServer(t, Config{Agencies: 1})
 	s := agencySpec{id: 1, bets: agencyBets(1, 30), batch: 10}
 	batches := s.batches()
+	ends := []uint64{10, 20, 30}
+	chains := chainsAt(s.bets, ends)
 
-	first, err := openAgency(ts.Addr(), 1, 0)
-	if err != nil {
+	first := ts.mustDial(t, 1)
+	mustWrite(t, first, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, first)
+	if err := uploadWindow(first, batches[:2], 2, ends, chains); err != nil {
 		t.Fatal(err)
-	}
-	defer first.conn.Close()
-	if err := uploadBatches(first, wholeFrames, batches[:2]); err != nil {
-		t.Fatal(err)
-	}
-
-	second, err := openAgency(ts.Addr(), 1, 20) // continues from what the first stored
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer second.conn.Close()
-	e, err := first.readError()
-	if err != nil {
-		t.Fatalf("replaced connection: %v", err)
-	}
-	if e.Code != frame.CodeReplaced {
-		t.Errorf("replaced connection got ERROR %s, want replaced", e.Code)
 	}
 
-	if err := uploadBatches(second, wholeFrames, batches[2:]); err != nil {
+	second := ts.mustDial(t, 1)
+	mustWrite(t, second, &frame.Hello{Agency: 1})
+	if err := checkWelcome(ts, expectFrame[*frame.Welcome](t, second), 20, chains[1]); err != nil {
 		t.Fatal(err)
 	}
-	if err := second.write(wholeFrames, &frame.Finished{Total: 30}); err != nil {
+	expectError(t, first, frame.CodeReplaced)
+
+	if err := uploadWindow(second, batches[2:], 1, ends[2:], chains[2:]); err != nil {
 		t.Fatal(err)
 	}
-	docs, err := second.awaitWinners()
+	mustWrite(t, second, &frame.Finished{Total: 30})
+	expectFrame[*frame.Receipt](t, second)
+	docs, _, err := awaitWinners(second, receipt.Leaf{Agency: 1, Bets: 30, Chain: chains[2]}, ts.verifyKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := winnersIn(s.bets); !reflect.DeepEqual(docs, want) {
+	if want := winnersIn(s.bets); !slices.Equal(docs, want) {
 		t.Errorf("winners %q, want %q", docs, want)
 	}
-	stopServer(t, ts)
-	checkStored(t, dir, specsWant([]agencySpec{s}))
-	if n := ts.logs.FilterMessage("connection_replaced").Len(); n != 1 {
+	ts.mustStop(t)
+	checkStored(t, ts.dir, specsWant([]agencySpec{s}))
+	if n := ts.logs.count("connection_replaced", nil); n != 1 {
 		t.Errorf("connection_replaced logged %d times, want 1", n)
 	}
 }
 
-// TestIntegrationResume drops a connection in the middle of a batch and
-// reconnects: WELCOME says what was acknowledged, a replay is acknowledged
-// without being stored again, and a batch past the end is refused with the
-// index to resume from.
+// TestIntegrationResume drops a connection in the middle of a record and
+// reconnects: WELCOME says what was acknowledged, with its chain; a replay is
+// acknowledged without being stored again, and a batch past the end is
+// refused with the index to resume from.
 func TestIntegrationResume(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	ts := startServer(t, Config{Agencies: 1, DataDir: dir})
+	ts := startServer(t, Config{Agencies: 1})
 	s := agencySpec{id: 1, bets: agencyBets(1, 30), batch: 10}
 	batches := s.batches()
+	ends := []uint64{10, 20, 30}
+	chains := chainsAt(s.bets, ends)
 
-	c, err := openAgency(ts.Addr(), 1, 0)
+	p := ts.mustDial(t, 1)
+	mustWrite(t, p, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, p)
+	if err := uploadWindow(p, batches[:2], 1, ends, chains); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := frame.Encode(batches[2])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := uploadBatches(c, wholeFrames, batches[:2]); err != nil {
-		t.Fatal(err)
-	}
-	partial, err := frame.Encode(batches[2])
+	record, err := p.wire(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.put(wholeFrames, partial[:len(partial)/2]); err != nil {
+	if err := p.sendRaw(record[:len(record)/2]); err != nil {
 		t.Fatal(err)
 	}
-	c.conn.Close()
+	cut := p.localAddr()
+	p.close()
+	ts.logs.wait(t, "connection_closed", failLine("remote", cut, "unread_bytes", fmt.Sprint(len(record)/2)))
 
-	c, err = openAgency(ts.Addr(), 1, 20)
-	if err != nil {
+	p = ts.mustDial(t, 1)
+	mustWrite(t, p, &frame.Hello{Agency: 1})
+	if err := checkWelcome(ts, expectFrame[*frame.Welcome](t, p), 20, chains[1]); err != nil {
 		t.Fatal(err)
 	}
-	defer c.conn.Close()
-	if err := uploadBatches(c, wholeFrames, batches[:1]); err != nil { // replay of bets 0..9
-		t.Fatalf("replay: %v", err)
+	mustWrite(t, p, batches[0]) // a replay of bets 0..9
+	if ack := expectFrame[*frame.Ack](t, p); ack.First != 0 || ack.Count != 10 || ack.Held != 20 || ack.Chain != chains[1] {
+		t.Errorf("replay: ACK %d+%d held %d, want 0+10 held 20 with the chain over 20", ack.First, ack.Count, ack.Held)
 	}
-	gap := &frame.Bets{First: 25, Bets: s.bets[25:]}
-	if err := c.write(wholeFrames, gap); err != nil {
-		t.Fatal(err)
-	}
-	rej, err := readAs[*frame.Reject](c)
-	if err != nil {
-		t.Fatalf("batch past the end: %v", err)
-	}
-	if rej.Code != frame.CodeIndexGap || rej.Index != 20 {
+	mustWrite(t, p, &frame.Bets{First: 25, Bets: s.bets[25:]})
+	if rej := expectFrame[*frame.Reject](t, p); rej.Code != frame.CodeIndexGap || rej.Index != 20 {
 		t.Errorf("batch past the end: REJECT %s at %d, want index_gap at 20 (where the server's bets end)", rej.Code, rej.Index)
 	}
-	if err := uploadBatches(c, wholeFrames, batches[2:]); err != nil {
+	if err := uploadWindow(p, batches[2:], 1, ends[2:], chains[2:]); err != nil {
 		t.Fatalf("after the gap: %v", err)
 	}
-	if err := c.write(wholeFrames, &frame.Finished{Total: 30}); err != nil {
-		t.Fatal(err)
-	}
-	docs, err := c.awaitWinners()
+	mustWrite(t, p, &frame.Finished{Total: 30})
+	expectFrame[*frame.Receipt](t, p)
+	docs, _, err := awaitWinners(p, receipt.Leaf{Agency: 1, Bets: 30, Chain: chains[2]}, ts.verifyKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := winnersIn(s.bets); !reflect.DeepEqual(docs, want) {
+	if want := winnersIn(s.bets); !slices.Equal(docs, want) {
 		t.Errorf("winners %q, want %q", docs, want)
 	}
-	stopServer(t, ts)
-	checkStored(t, dir, specsWant([]agencySpec{s}))
-	if n := ts.logs.FilterMessage("apuesta_almacenada").Len(); n != 30 {
+	ts.mustStop(t)
+	checkStored(t, ts.dir, specsWant([]agencySpec{s}))
+	if n := ts.logs.count("apuesta_almacenada", nil); n != 30 {
 		t.Errorf("apuesta_almacenada logged %d times, want 30 (the replay stores nothing)", n)
 	}
 }
 
 // TestIntegrationRestartAfterTheDraw stops a server after its draw and
-// starts another on the same data: it answers the same winners at once.
+// starts another on the same data and keys: it answers the same winners
+// under the same root at once, and a FINISHED again gets the same receipt.
 func TestIntegrationRestartAfterTheDraw(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	ts := startServer(t, Config{Agencies: 2, DataDir: dir})
+	ts := startServer(t, Config{Agencies: 2})
 	specs := []agencySpec{
-		{id: 1, bets: agencyBets(1, 40), batch: 9},
-		{id: 2, bets: agencyBets(2, 40), batch: 9},
+		{id: 1, bets: agencyBets(1, 40), batch: 9, window: 3},
+		{id: 2, bets: agencyBets(2, 40), batch: 9, window: 3},
 	}
-	winners := runAgencies(t, ts.Addr(), specs)
-	checkAgencyWinners(t, specs, winners)
-	stopServer(t, ts)
+	before := runSpecs(t, ts, specs)
+	checkOutcomes(t, ts, specs, before)
+	ts.mustStop(t)
 
-	ts = startServer(t, Config{Agencies: 2, DataDir: dir})
+	ts2 := startServer(t, Config{Agencies: 2, DataDir: ts.dir}, optKeys(ts.keys))
 	select {
-	case <-ts.Hub().Drawn():
-	case <-time.After(hangGuard):
+	case <-ts2.Hub().Drawn():
+	case <-time.After(itGuard):
 		t.Fatal("the restarted server did not draw")
 	}
 	for _, s := range specs {
-		c, err := dialAgency(ts.Addr())
-		if err != nil {
-			t.Fatal(err)
+		p := ts2.mustDial(t, s.id)
+		mustWrite(t, p, &frame.Hello{Agency: s.id})
+		w := expectFrame[*frame.Welcome](t, p)
+		if w.Held != 40 || !w.Finished || w.Chain != receipt.ChainOf(s.bets) {
+			t.Errorf("agency %d WELCOME held %d finished %t, want held 40 and finished, with its chain", s.id, w.Held, w.Finished)
 		}
-		defer c.conn.Close()
-		if err := c.write(wholeFrames, &frame.Hello{Agency: s.id}); err != nil {
-			t.Fatal(err)
-		}
-		w, err := readAs[*frame.Welcome](c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if w.Held != 40 || !w.Finished {
-			t.Errorf("agency %d WELCOME %+v, want held 40 and finished", s.id, w)
-		}
-		// Agency 1 asks; agency 2 repeats its FINISHED, which is accepted.
-		var ask frame.Frame = &frame.QueryWinners{}
-		if s.id == 2 {
-			ask = &frame.Finished{Total: 40}
-		}
-		if err := c.write(wholeFrames, ask); err != nil {
-			t.Fatal(err)
-		}
-		var docs []string
-		for {
-			chunk, err := readAs[*frame.Winners](c) // no NOT_READY: the answer is immediate
-			if err != nil {
-				t.Fatalf("agency %d after the restart: %v", s.id, err)
-			}
-			docs = append(docs, chunk.Documents...)
-			if chunk.Last {
-				break
+		// Agency 1 asks; agency 2 repeats its FINISHED, which gets its receipt again.
+		if s.id == 1 {
+			mustWrite(t, p, &frame.QueryWinners{})
+		} else {
+			mustWrite(t, p, &frame.Finished{Total: 40})
+			if r := expectFrame[*frame.Receipt](t, p); *r != *before[2].receipt {
+				t.Errorf("receipt after the restart %+v, before %+v", r, before[2].receipt)
 			}
 		}
-		if !reflect.DeepEqual(docs, winners[s.id]) {
-			t.Errorf("agency %d winners after the restart %q, before %q", s.id, docs, winners[s.id])
+		c := expectFrame[*frame.Commitment](t, p) // no NOT_READY: the answer is immediate
+		if root := before[s.id].root; c.Root != root {
+			t.Errorf("agency %d root after the restart %x, before %x", s.id, c.Root[:4], root[:4])
+		}
+		if docs := readWinners(t, p); !slices.Equal(docs, before[s.id].winners) {
+			t.Errorf("agency %d winners after the restart %q, before %q", s.id, docs, before[s.id].winners)
 		}
 	}
-	stopServer(t, ts)
-	requireOneDraw(t, ts)
-	checkStored(t, dir, specsWant(specs))
-}
-
-func TestIntegrationPingBeforeHello(t *testing.T) {
-	t.Parallel()
-	ts := startServer(t, Config{Agencies: 2})
-	c := dial(t, ts.Addr())
-	for _, payload := range [][]byte{[]byte("are you there"), nil, bytes.Repeat([]byte{0, 0xFF}, 100)} {
-		c.send(&frame.Ping{Payload: payload})
-		pong := expect[*frame.Pong](c)
-		if !bytes.Equal(pong.Payload, payload) {
-			t.Errorf("PONG payload %q, want %q", pong.Payload, payload)
-		}
-	}
-	c.send(&frame.Hello{Agency: 2})
-	if w := expect[*frame.Welcome](c); w.Held != 0 || w.Finished {
-		t.Errorf("WELCOME %+v after pings, want a fresh agency", w)
-	}
+	ts2.mustStop(t)
+	requireOneDraw(t, ts2)
+	checkStored(t, ts.dir, specsWant(specs))
 }
 
 // TestIntegrationGracefulStop stops a server with idle connections in every
@@ -419,119 +397,75 @@ func TestIntegrationPingBeforeHello(t *testing.T) {
 func TestIntegrationGracefulStop(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{Agencies: 2})
-	silent, err := dialAgency(ts.Addr()) // no HELLO yet
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.conn.Close()
-	uploading, err := openAgency(ts.Addr(), 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uploading.conn.Close()
-	waiting, err := openAgency(ts.Addr(), 2, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer waiting.conn.Close()
-	if err := waiting.write(wholeFrames, &frame.Finished{Total: 0}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := readAs[*frame.NotReady](waiting); err != nil {
-		t.Fatal(err)
-	}
-	// The silent connection is known to the server once it answers a PING.
-	if err := silent.write(wholeFrames, &frame.Ping{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := readAs[*frame.Pong](silent); err != nil {
-		t.Fatal(err)
-	}
+	silent := ts.mustDial(t, 1) // handshake done, no HELLO yet
+	mustPing(t, silent, "known to the server")
+	plain := ts.mustDialPlain(t) // a health check that stays
+	mustPing(t, plain, "probe")
+	uploading := ts.mustDial(t, 1)
+	mustWrite(t, uploading, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, uploading)
+	waiting := ts.mustDial(t, 2)
+	mustWrite(t, waiting, &frame.Hello{Agency: 2})
+	expectFrame[*frame.Welcome](t, waiting)
+	mustWrite(t, waiting, &frame.Finished{Total: 0})
+	expectFrame[*frame.Receipt](t, waiting)
+	expectFrame[*frame.NotReady](t, waiting)
 
-	stopServer(t, ts)
-	for name, c := range map[string]*client{"silent": silent, "uploading": uploading, "waiting": waiting} {
-		e, err := c.readError()
-		if err != nil {
+	ts.mustStop(t)
+	for name, p := range map[string]*peer{"silent": silent, "plaintext": plain, "uploading": uploading, "waiting": waiting} {
+		if err := p.readError(frame.CodeShuttingDown); err != nil {
 			t.Errorf("%s client: %v", name, err)
-			continue
-		}
-		if e.Code != frame.CodeShuttingDown {
-			t.Errorf("%s client got ERROR %s, want shutting_down", name, e.Code)
 		}
 	}
-	lines := logLines(ts.logs, "shutdown")
-	if len(lines) == 0 || lines[len(lines)-1].fields["result"] != "success" {
+	lines := ts.logs.lines("shutdown", nil)
+	if len(lines) == 0 || lines[len(lines)-1]["result"] != "success" {
 		t.Errorf("shutdown lines %v, want the last one a success", lines)
 	}
 }
 
 // TestIntegrationAgencyClients runs the real agency client against the
-// server, all agencies holding their connection or all polling.
+// server, secured with some agencies holding their connection and the
+// others polling, and once --insecure.
 func TestIntegrationAgencyClients(t *testing.T) {
 	t.Parallel()
-	for _, wait := range []string{agency.WaitHold, agency.WaitPoll} {
-		t.Run(wait, func(t *testing.T) {
-			dir := t.TempDir()
-			ts := startServer(t, Config{Agencies: 5, DataDir: dir, RetryAfter: 20 * time.Millisecond})
+	for _, mode := range []string{"secure", "insecure"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var opts []serverOption
+			if mode == "insecure" {
+				opts = append(opts, optInsecure())
+			}
+			ts := startServer(t, Config{Agencies: 5, RetryAfter: 20 * time.Millisecond}, opts...)
 			bets := map[uint32][]frame.Bet{}
 			for a := uint32(1); a <= 5; a++ {
-				b, err := agency.SyntheticBets(agency.SynthOptions{
-					Agency: a, Bets: 150 + 10*int(a), Winners: int(a % 4), WinningNumber: DefaultWinningNumber, Seed: 42,
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				bets[a] = b
+				bets[a] = synthBets(t, a, 150+10*int(a), int(a%4), 42)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*hangGuard)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*itGuard)
 			defer cancel()
-			var (
-				wg      sync.WaitGroup
-				mu      sync.Mutex
-				results = map[uint32]agency.Result{}
-				errs    = map[uint32]error{}
-			)
-			for a := uint32(1); a <= 5; a++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					res, err := agency.Run(ctx, agency.Config{
-						Agency:         a,
-						Server:         ts.Addr(),
-						BatchMaxAmount: 32,
-						Wait:           wait,
-						RetryBase:      10 * time.Millisecond,
-						RetryMax:       50 * time.Millisecond,
-						GiveUp:         hangGuard,
-						IOTimeout:      hangGuard,
-						Logger:         zap.NewNop(),
-					}, agency.NewSliceSource(bets[a]))
-					mu.Lock()
-					results[a], errs[a] = res, err
-					mu.Unlock()
-				}()
-			}
-			wg.Wait()
-			for a := uint32(1); a <= 5; a++ {
-				if errs[a] != nil {
-					t.Errorf("agency %d: %v", a, errs[a])
+			runs := runAgencies(ctx, ts, bets, func(c *agency.Config) {
+				c.Wait, c.BatchMaxAmount = agency.WaitHold, 32
+				if c.Agency%2 == 0 {
+					c.Wait = agency.WaitPoll
+				}
+			})
+			checkRuns(t, ts, bets, runs)
+			for a, r := range runs {
+				if r.err != nil {
 					continue
 				}
-				want := winnersIn(bets[a])
-				if len(want) != int(a%4) {
-					t.Fatalf("agency %d: synthetic data has %d winners, asked for %d", a, len(want), a%4)
+				if got := len(r.res.Winners); got != int(a%4) {
+					t.Errorf("agency %d: %d winners, the synthetic data has %d", a, got, a%4)
 				}
-				got := results[a].Winners
-				if !slices.Equal(got, want) {
-					t.Errorf("agency %d winners %q, want %q", a, got, want)
-				}
-				if results[a].Bets != uint64(len(bets[a])) {
-					t.Errorf("agency %d: result says %d bets, sent %d", a, results[a].Bets, len(bets[a]))
+				if r.res.Receipt == nil || r.res.Receipt.Bets != uint64(len(bets[a])) {
+					t.Errorf("agency %d: receipt %+v, want one for its %d bets", a, r.res.Receipt, len(bets[a]))
+				} else if err := checkReceipt((*frame.Receipt)(r.res.Receipt), a, uint64(len(bets[a])),
+					receipt.ChainOf(bets[a]), ts.verifyKey()); err != nil {
+					t.Errorf("agency %d: %v", a, err)
 				}
 			}
-			stopServer(t, ts)
+			ts.mustStop(t)
 			requireOneDraw(t, ts)
-			checkStored(t, dir, bets)
+			checkStored(t, ts.dir, bets)
 		})
 	}
 }

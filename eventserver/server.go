@@ -298,8 +298,8 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 			s.cfg.MaxPending))
 	}
 	if evicted != nil {
-		s.refused.add(frame.CodeTooManyConns)
-		evicted.Deliver(Refused{Code: frame.CodeTooManyConns, Reason: "this connection did not say HELLO and a newer one needed its place"})
+		s.refused.add(frame.CodeTooManyConns) // logged in the refusal summary, like the refusals above
+		evicted.Deliver(evict{})
 	}
 	s.conns.Add(1)
 	cs.sess = NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.obs, s.limits())
@@ -382,6 +382,12 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // and leaves in one write when it returns.
 func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	for _, ev := range cs.takeMailbox() {
+		if _, ok := ev.(evict); ok {
+			if act := cs.evict(); act == gnet.Close {
+				return act
+			}
+			continue
+		}
 		if _, timeout := ev.(TimedOut); timeout {
 			switch {
 			case cs.stuck(now):
@@ -393,6 +399,9 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 		if cs.do(cs.sess.Step(ev)) {
 			return gnet.Close
 		}
+		// The sweep may have queued another TimedOut meanwhile: judge it by
+		// what the session waits for now (a PING just sent arms its PONG's).
+		cs.rearm(now, false)
 	}
 	if ready, closeConn := cs.tr.start(cs, now); closeConn {
 		return gnet.Close
@@ -428,6 +437,30 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	}
 	cs.rearm(now, received)
 	return gnet.None
+}
+
+// evict tells a connection that has not said HELLO that a newer one took
+// its place in the budget. It is a refusal, counted in the connection_refused
+// summary when it happens, so the connection ends without a log line of its
+// own: a loop of connections evicting each other must not flood the logs.
+type evict struct{}
+
+func (evict) event() {}
+
+// evict ends a place-holder with ERROR too_many_connections. A connection
+// that said HELLO meanwhile is an agency, no longer in the budget: it stays.
+func (cs *conn) evict() gnet.Action {
+	if cs.agency || cs.sess.State() == Closed {
+		return gnet.None
+	}
+	b, err := cs.tr.appendFrame(cs.out, &frame.Error{Code: frame.CodeTooManyConns,
+		Reason: "this connection did not say HELLO and a newer one needed its place"})
+	if err == nil {
+		cs.out = b
+		cs.srv.obs.ErrorSent(frame.CodeTooManyConns)
+	}
+	cs.sess.Step(Hangup{})
+	return gnet.Close
 }
 
 // pause stops reading cs until its peer reads its answers; the tick wakes it
