@@ -294,7 +294,8 @@ func (b *Batcher) Next() (uint64, []frame.Bet, error) {
 			if len(batch) == 0 {
 				return first, nil, fmt.Errorf("bet %d takes %d bytes, more than the server's frame limit of %d allows", first, n, b.maxFrame)
 			}
-			b.ahead, b.aheadAt = &bet, at
+			ahead := bet // a copy, so that bet stays off the heap on every other iteration
+			b.ahead, b.aheadAt = &ahead, at
 			break
 		} else {
 			size += n

@@ -7,90 +7,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/receipt"
 )
-
-// writeBetsFile writes content to a new file and returns its path.
-func writeBetsFile(t testing.TB, content string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "agency-1.csv")
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func openFile(t testing.TB, content string) (*agency.FileSource, string) {
-	t.Helper()
-	path := writeBetsFile(t, content)
-	src, err := agency.OpenFile(path)
-	if err != nil {
-		t.Fatalf("OpenFile: %v", err)
-	}
-	t.Cleanup(func() { src.Close() })
-	return src, path
-}
-
-// readAll drains src, failing on any error but io.EOF.
-func readAll(t testing.TB, src agency.Source) []frame.Bet {
-	t.Helper()
-	var out []frame.Bet
-	for {
-		b, err := src.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("Next after %d bets: %v", len(out), err)
-		}
-		out = append(out, b)
-	}
-}
-
-// testBets returns n valid bets whose names are nameLen bytes long (at
-// least 8) and whose documents and numbers encode their position.
-func testBets(n, nameLen int) []frame.Bet {
-	bets := make([]frame.Bet, n)
-	for i := range bets {
-		bets[i] = frame.Bet{
-			FirstName: fmt.Sprintf("N%07d", i) + strings.Repeat("a", max(nameLen, 8)-8),
-			LastName:  fmt.Sprintf("L%07d", i) + strings.Repeat("b", max(nameLen, 8)-8),
-			Document:  fmt.Sprintf("%08d", 10000000+i),
-			Birthdate: frame.NewDate(1950+i%50, 1+i%12, 1+i%28),
-			Number:    uint16(i % 10000),
-		}
-	}
-	return bets
-}
-
-// betsCSV formats bets (plain names, no quoting needed) as LF lines.
-func betsCSV(bets []frame.Bet) string {
-	var b strings.Builder
-	for _, bet := range bets {
-		fmt.Fprintf(&b, "%s,%s,%s,%s,%d\n", bet.FirstName, bet.LastName, bet.Document, bet.Birthdate, bet.Number)
-	}
-	return b.String()
-}
-
-func bet(first, last, doc string, date frame.Date, number uint16) frame.Bet {
-	return frame.Bet{FirstName: first, LastName: last, Document: doc, Birthdate: date, Number: number}
-}
-
-func sameBets(t testing.TB, got, want []frame.Bet) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("got %d bets, want %d", len(got), len(want))
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("bet %d = %+v, want %+v", i, got[i], want[i])
-		}
-	}
-}
 
 func TestFileSourceFormats(t *testing.T) {
 	want := []frame.Bet{
@@ -471,5 +395,351 @@ func TestBatcherBadRow(t *testing.T) {
 	}
 	if b.Index() != 3 {
 		t.Errorf("Index() after a failed batch = %d, want 3", b.Index())
+	}
+}
+
+// readAll drains src, failing on any error but io.EOF.
+func readAll(t testing.TB, src agency.Source) []frame.Bet {
+	t.Helper()
+	var out []frame.Bet
+	for {
+		b, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("Next after %d bets: %v", len(out), err)
+		}
+		out = append(out, b)
+	}
+}
+
+// quirksBets are the bets of testdata/quirks.csv: a byte order mark, CRLF
+// and LF endings, blank lines, quoted fields holding commas, quotes and line
+// breaks, spaces around values and no final line break.
+var quirksBets = []frame.Bet{
+	bet("Santiago Lionel", "Lorca", "30904465", 19990317, 7574),
+	bet("Pérez, Juan", `O"Brien`, "00012345", 20000229, 0),
+	bet("Ana\nMaría", "González", "07654321", 19800101, 9999),
+	bet("José", "Muñoz\nPeña", "1", 19000101, 42),
+	bet("Zoé", "D'Angelo", "0", 20041231, 7574),
+}
+
+// quirksLines are the lines the rows of testdata/quirks.csv start on.
+var quirksLines = []int{1, 2, 4, 6, 9}
+
+func readTestdata(t testing.TB, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestFileSourceQuirksFile(t *testing.T) {
+	src, _ := openFile(t, readTestdata(t, "quirks.csv"))
+	sameBets(t, readAll(t, src), quirksBets)
+}
+
+// Every Position a source reports can be sought back to, from anywhere, and
+// reading goes on from exactly that bet.
+func TestSourcePositionSeek(t *testing.T) {
+	plain := testBets(40, 10)
+	sources := []struct {
+		name string
+		bets []frame.Bet
+		open func(t *testing.T) agency.Source
+	}{
+		{"file quirks", quirksBets, func(t *testing.T) agency.Source {
+			src, _ := openFile(t, readTestdata(t, "quirks.csv"))
+			return src
+		}},
+		{"file LF", plain, func(t *testing.T) agency.Source {
+			src, _ := openFile(t, betsCSV(plain))
+			return src
+		}},
+		{"file CRLF with BOM", plain, func(t *testing.T) agency.Source {
+			src, _ := openFile(t, "\xEF\xBB\xBF"+strings.ReplaceAll(betsCSV(plain), "\n", "\r\n"))
+			return src
+		}},
+		{"slice", plain, func(*testing.T) agency.Source { return agency.NewSliceSource(plain) }},
+	}
+	for _, tc := range sources {
+		t.Run(tc.name, func(t *testing.T) {
+			src := tc.open(t)
+			positions := make([]agency.Position, 0, len(tc.bets)+1)
+			for range tc.bets {
+				positions = append(positions, src.Position())
+				if _, err := src.Next(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			positions = append(positions, src.Position()) // the end
+			// Back to every position in turn, from the end and from each other.
+			for _, i := range []int{len(tc.bets), 0, len(tc.bets) / 2, 1, len(tc.bets) - 1, len(tc.bets) / 2} {
+				if err := src.Seek(positions[i]); err != nil {
+					t.Fatalf("Seek(%+v): %v", positions[i], err)
+				}
+				if got := src.Position(); got != positions[i] {
+					t.Errorf("Position after Seek(%+v) = %+v", positions[i], got)
+				}
+				sameBets(t, readAll(t, src), tc.bets[i:])
+			}
+		})
+	}
+}
+
+// Line numbers stay right after a Seek: a bad row is reported at its own
+// line whichever position the source was sought to before reaching it.
+func TestFileSourceSeekKeepsLineNumbers(t *testing.T) {
+	content := readTestdata(t, "quirks.csv") + "\r\n\r\nAna,Gómez,12a,1990-01-01,1\r\n"
+	const badLine = 11
+	src, path := openFile(t, content)
+	var positions []agency.Position
+	for i := range quirksBets {
+		positions = append(positions, src.Position())
+		if positions[i].Line > quirksLines[i] {
+			t.Errorf("Position before row %d says line %d, the row is on line %d", i, positions[i].Line, quirksLines[i])
+		}
+		if _, err := src.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, p := range positions {
+		if err := src.Seek(p); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		var err error
+		for ; err == nil; n++ {
+			_, err = src.Next()
+		}
+		var re *agency.RowError
+		if !errors.As(err, &re) || re.Line != badLine || re.File != path {
+			t.Errorf("after Seek to row %d (%+v): error %v after %d bets, want a RowError at %s:%d", i, p, err, n-1, path, badLine)
+		}
+		if n-1 != len(quirksBets)-i {
+			t.Errorf("after Seek to row %d: %d bets before the bad row, want %d", i, n-1, len(quirksBets)-i)
+		}
+	}
+}
+
+// checkpointRun is a Batcher run straight through: every batch, the chain
+// after it and a checkpoint taken after it.
+type checkpointRun struct {
+	firsts []uint64
+	sizes  []int
+	chains []frame.Hash
+	cps    []agency.Checkpoint
+}
+
+func straightThrough(t *testing.T, b *agency.Batcher) checkpointRun {
+	t.Helper()
+	var r checkpointRun
+	r.cps = append(r.cps, b.Checkpoint())
+	for range 10000 {
+		first, batch, err := b.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 {
+			return r
+		}
+		r.firsts = append(r.firsts, first)
+		r.sizes = append(r.sizes, len(batch))
+		r.chains = append(r.chains, b.Chain())
+		r.cps = append(r.cps, b.Checkpoint())
+	}
+	t.Fatal("the batcher never ran dry")
+	return r
+}
+
+// Restoring a checkpoint resumes exactly: the same batches with the same
+// chains as reading straight through, also when a bet was read ahead for
+// not fitting the frame, and as often as the checkpoint is restored.
+func TestCheckpointRestore(t *testing.T) {
+	cases := []struct {
+		name    string
+		bets    []frame.Bet
+		max     int
+		content func([]frame.Bet) string
+	}{
+		{"file, count cuts", testBets(250, 10), 100, betsCSV},
+		{"file, frame cuts (a bet read ahead)", testBets(120, frame.MaxNameLen), 100, betsCSV},
+		{"file CRLF BOM", testBets(53, 12), 10, func(b []frame.Bet) string {
+			return "\xEF\xBB\xBF" + strings.ReplaceAll(betsCSV(b), "\n", "\r\n")
+		}},
+		{"slice, frame cuts", testBets(120, frame.MaxNameLen), 100, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var src agency.Source = agency.NewSliceSource(tc.bets)
+			if tc.content != nil {
+				src, _ = openFile(t, tc.content(tc.bets))
+			}
+			b := agency.NewBatcher(src, tc.max)
+			want := straightThrough(t, b)
+			if len(want.firsts) < 3 {
+				t.Fatalf("only %d batches; the case needs several", len(want.firsts))
+			}
+			for _, k := range []int{len(want.cps) - 1, 0, 1, len(want.cps) / 2, 1} {
+				cp := want.cps[k]
+				if err := b.Restore(cp); err != nil {
+					t.Fatal(err)
+				}
+				if b.Index() != cp.Index || b.Chain() != cp.Chain() {
+					t.Fatalf("after Restore(checkpoint %d): index %d chain %x, want %d %x", k, b.Index(), b.Chain(), cp.Index, cp.Chain())
+				}
+				if cp.Chain() != receipt.ChainOf(tc.bets[:cp.Index]) {
+					t.Fatalf("checkpoint %d's chain is not the chain of the first %d bets", k, cp.Index)
+				}
+				got := straightThrough(t, b)
+				if !slices.Equal(got.firsts, want.firsts[k:]) || !slices.Equal(got.sizes, want.sizes[k:]) ||
+					!slices.Equal(got.chains, want.chains[k:]) {
+					t.Fatalf("after Restore(checkpoint %d): batches %v of %v, want %v of %v (or other chains)",
+						k, got.firsts, got.sizes, want.firsts[k:], want.sizes[k:])
+				}
+			}
+		})
+	}
+}
+
+// Seek hashes the bets it skips: after Seek(i) the chain is that of the
+// first i bets, whichever way the batcher moved and whatever it read before.
+func TestBatcherSeekChain(t *testing.T) {
+	bets := testBets(250, frame.MaxNameLen) // batches cut by the frame, a bet read ahead
+	src, _ := openFile(t, betsCSV(bets))
+	b := agency.NewBatcher(src, 100)
+	if _, batch, err := b.Next(); err != nil || len(batch) != 37 {
+		t.Fatalf("first batch: %d bets, %v; want 37 (frame limit)", len(batch), err)
+	}
+	for _, i := range []uint64{37, 0, 1, 38, 200, 250, 36, 37, 100} {
+		if err := b.Seek(i); err != nil {
+			t.Fatalf("Seek(%d): %v", i, err)
+		}
+		if b.Index() != i {
+			t.Errorf("Seek(%d): Index() = %d", i, b.Index())
+		}
+		if got, want := b.Chain(), receipt.ChainOf(bets[:i]); got != want {
+			t.Errorf("Seek(%d): Chain() = %x, want receipt.ChainOf of the first %d bets %x", i, got, i, want)
+		}
+		if cp := b.Checkpoint(); cp.Index != i || cp.Chain() != receipt.ChainOf(bets[:i]) {
+			t.Errorf("Seek(%d): checkpoint at %d with chain %x", i, cp.Index, cp.Chain())
+		}
+		first, batch, err := b.Next()
+		if err != nil || first != i {
+			t.Fatalf("Next after Seek(%d): first %d, %v", i, first, err)
+		}
+		if i < uint64(len(bets)) && (len(batch) == 0 || batch[0] != bets[i]) {
+			t.Fatalf("Next after Seek(%d) does not start with bet %d", i, i)
+		}
+		if got, want := b.Chain(), receipt.ChainOf(bets[:i+uint64(len(batch))]); got != want {
+			t.Errorf("batch after Seek(%d): chain %x, want %x", i, got, want)
+		}
+	}
+	if receipt.ChainOf(nil) != receipt.Empty() {
+		t.Error("the chain of no bets is not receipt.Empty()")
+	}
+}
+
+// SetMaxFrame (WELCOME's max_frame) cuts every later batch to frames of at
+// most that size, as late as possible; a bet that cannot fit alone fails.
+func TestBatcherSetMaxFrame(t *testing.T) {
+	long := testBets(60, frame.MaxNameLen) // 219 bytes a bet
+	betSize := frame.BetWireSize(&long[0])
+	empty := frame.BetsFrameSize(nil)
+	cases := []struct {
+		limit, want int // want: the frame size batches are cut to
+	}{
+		{2048, 2048},
+		{empty + betSize, empty + betSize}, // exactly one bet a frame
+		{0, frame.MaxSize},                 // no limit announced
+		{-1, frame.MaxSize},
+		{frame.MaxSize + 1, frame.MaxSize},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
+			b := agency.NewBatcher(agency.NewSliceSource(long), 1000)
+			b.SetMaxFrame(tc.limit)
+			perFrame := (tc.want - empty) / betSize
+			firsts, batches := drain(t, b)
+			var all []frame.Bet
+			for i, batch := range batches {
+				wire, err := frame.Encode(&frame.Bets{First: firsts[i], Bets: batch})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(wire) > tc.want {
+					t.Fatalf("batch %d encodes to %d bytes, limit %d", i, len(wire), tc.want)
+				}
+				if i < len(batches)-1 && len(batch) != perFrame {
+					t.Errorf("batch %d holds %d bets, want %d (as many as fit)", i, len(batch), perFrame)
+				}
+				all = append(all, batch...)
+			}
+			sameBets(t, all, long)
+		})
+	}
+	t.Run("a bet larger than the limit", func(t *testing.T) {
+		bets := append(testBets(3, 8), long[0])
+		b := agency.NewBatcher(agency.NewSliceSource(bets), 100)
+		b.SetMaxFrame(empty + betSize - 1)
+		first, batch, err := b.Next()
+		if err != nil || first != 0 || len(batch) != 3 {
+			t.Fatalf("first batch: %d, %d bets, %v; want the 3 short bets", first, len(batch), err)
+		}
+		first, batch, err = b.Next()
+		if err == nil || batch != nil || first != 3 {
+			t.Fatalf("the oversized bet gave first %d, %d bets, %v; want an error", first, len(batch), err)
+		}
+		for _, want := range []string{"bet 3", fmt.Sprint(betSize), fmt.Sprint(empty + betSize - 1)} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %q", err, want)
+			}
+		}
+		if b.Index() != 3 {
+			t.Errorf("Index() = %d after the failed batch, want 3", b.Index())
+		}
+	})
+}
+
+func TestSliceSourcePositionBounds(t *testing.T) {
+	src := agency.NewSliceSource(testBets(3, 8))
+	for _, off := range []int64{-1, 4} {
+		if err := src.Seek(agency.Position{Offset: off}); err == nil {
+			t.Errorf("Seek to %d of 3 bets succeeded", off)
+		}
+	}
+	if err := src.Seek(agency.Position{Offset: 3}); err != nil {
+		t.Errorf("Seek to the end: %v", err)
+	}
+	if _, err := src.Next(); !errors.Is(err, io.EOF) {
+		t.Errorf("Next at the end: %v, want io.EOF", err)
+	}
+}
+
+// The batcher allocates per batch (the batch itself), not per bet: it sits
+// on the agency's hot path, once for every bet of the file.
+func TestBatcherAllocatesPerBatch(t *testing.T) {
+	bets := testBets(2000, 10)
+	src := agency.NewSliceSource(bets)
+	allocs := testing.AllocsPerRun(5, func() {
+		if err := src.Rewind(); err != nil {
+			t.Fatal(err)
+		}
+		b := agency.NewBatcher(src, 100)
+		for {
+			_, batch, err := b.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(batch) == 0 {
+				return
+			}
+		}
+	})
+	if perBet := allocs / float64(len(bets)); perBet > 0.2 {
+		t.Errorf("%.0f allocations for %d bets in 20 batches: %.2f a bet, want at most 0.2", allocs, len(bets), perBet)
 	}
 }

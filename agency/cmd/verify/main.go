@@ -48,6 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintf(stderr, "verify: %v\n", err) // pflag prints nothing itself with ContinueOnError
 		return 2
 	}
 	log, _ := logging.New("info", logging.FormatConsole, stdout)
