@@ -74,13 +74,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 	ctx, cancel := shutdown.OnSignal(ctx, sigs, log)
 	defer cancel()
 	if m != nil {
-		// Up before recovery, so /readyz can say the server is recovering.
-		_, wait, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(m.Registry(), health), log)
+		// Up before recovery, so /readyz can say the server is recovering,
+		// and until run returns, so it can say the server is draining or
+		// its store failed: a signal does not stop it, and every return
+		// path does (waiting for it on a context nothing cancels hung).
+		httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+		_, wait, err := metrics.Serve(httpCtx, cfg.MetricsListen, metrics.Handler(m.Registry(), health), log)
 		if err != nil {
+			stopHTTP()
 			log.Error("server_start", logging.Fail, zap.Error(err))
 			return 1
 		}
-		defer wait()
+		defer func() {
+			stopHTTP()
+			_ = wait()
+		}()
 	}
 	srv, err := eventserver.New(cfg)
 	if err != nil {
@@ -103,10 +111,10 @@ func ready(srv *eventserver.Server) error {
 	switch {
 	case srv == nil:
 		return errors.New("recovering the store")
+	case srv.Store().Err() != nil: // before Draining: a failed store drains too
+		return fmt.Errorf("store failed: %w", srv.Store().Err())
 	case srv.Draining():
 		return errors.New("draining after a signal")
-	case srv.Store().Err() != nil:
-		return fmt.Errorf("store failed: %w", srv.Store().Err())
 	}
 	select {
 	case <-srv.Ready():
