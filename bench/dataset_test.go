@@ -8,6 +8,7 @@ import (
 
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/receipt"
 )
 
 func TestDatasetsDecodeBackToTheSyntheticBets(t *testing.T) {
@@ -45,6 +46,23 @@ func TestDatasetsDecodeBackToTheSyntheticBets(t *testing.T) {
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("dataset %d: decoded bets differ from the synthetic ones", i)
+		}
+		// The chain after each frame is the chain over the prefix it ends.
+		end := 0
+		for j, n := range ds.counts {
+			end += n
+			if c := receipt.ChainOf(want[:end]); ds.chains[j] != c {
+				t.Errorf("dataset %d: chain after frame %d is %x, want %x", i, j, ds.chains[j], c)
+			}
+		}
+		if ds.final != receipt.ChainOf(want) {
+			t.Errorf("dataset %d: final chain differs", i)
+		}
+		if f, err := dec.Next(bufio.NewReader(bytes.NewReader(ds.finished))); err != nil || f.(*frame.Finished).Total != 230 {
+			t.Errorf("dataset %d: FINISHED frame %v, %v", i, f, err)
+		}
+		if (i == 0) != (ds.sample != nil) {
+			t.Errorf("dataset %d: sample kept %v, want only for the first", i, ds.sample != nil)
 		}
 		if size != ds.wireBytes || ds.bets != 230 {
 			t.Errorf("dataset %d: wireBytes %d (frames add to %d), bets %d", i, ds.wireBytes, size, ds.bets)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -102,6 +103,157 @@ func TestGroupThousands(t *testing.T) {
 	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", 100000.4: "100,000"} {
 		if got := group(v); got != want {
 			t.Errorf("group(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+// comparisonRuns are two servers at 2,000 agencies, secured and not, gnet
+// with metrics too, and gnet at 10,000 with a storm.
+func comparisonRuns() []RunResult {
+	return []RunResult{
+		{Impl: ImplGnet, Security: Secure, Agencies: 2000, BetsPerSec: 1.8e6, CPUSecPerMillionBets: 0.4, RSSPerWaitingConnBytes: 3000,
+			HandshakesPerSec: 9000, StormSec: 0.4},
+		{Impl: ImplStdlib, Security: Secure, Agencies: 2000, BetsPerSec: 1.2e6, CPUSecPerMillionBets: 0.8, RSSPerWaitingConnBytes: 9000},
+		{Impl: ImplGnet, Security: Secure, Metrics: true, Agencies: 2000, BetsPerSec: 1.764e6, CPUSecPerMillionBets: 0.41, MetricsBetsStored: 2e6},
+		{Impl: ImplGnet, Security: Insecure, Agencies: 2000, BetsPerSec: 1.9e6, CPUSecPerMillionBets: 0.3, HandshakesPerSec: 20000},
+		{Impl: ImplStdlib, Security: Insecure, Agencies: 2000, BetsPerSec: 1.5e6, CPUSecPerMillionBets: 0.6},
+		{Impl: ImplGnet, Security: Secure, Agencies: 10000, BetsPerSec: 1e6, CPUSecPerMillionBets: 0.6, DrawToLastWinnersMs: 80,
+			RSSPerWaitingConnBytes: 5000, StormSec: 4.2},
+	}
+}
+
+func TestComparisonsPairTheRightRuns(t *testing.T) {
+	runs := comparisonRuns()
+	limits := &Limits{CeilingBetsPerSec: 5e6}
+	ratios := computeRatios(runs, limits)
+	if len(ratios) != 2 || ratios[0].Agencies != 2000 || ratios[0].Security != Secure || ratios[0].BetsPerSec != 1.5 ||
+		ratios[0].CPUPerBet != 0.5 || ratios[0].GnetOverCeiling != 0.36 {
+		t.Errorf("ratios %+v: want the secured, metrics-off runs paired (1.5, CPU 0.5, 0.36 of the ceiling)", ratios)
+	}
+	enc := computeEncryption(runs)
+	if len(enc) != 2 || enc[0].Impl != ImplGnet || math.Abs(enc[0].Ratio-1.8/1.9) > 1e-9 || enc[1].Impl != ImplStdlib ||
+		enc[1].Ratio != 0.8 || enc[0].SecureHandshakes != 9000 || enc[0].InsecureHandshakes != 20000 {
+		t.Errorf("encryption %+v", enc)
+	}
+	m := computeMetricsCost(runs)
+	if len(m) != 1 || math.Abs(m[0].Ratio-0.98) > 1e-9 || m[0].ScrapedBetsStored != 2e6 || m[0].OnCPUPerM != 0.41 {
+		t.Errorf("metrics %+v, want on/off 0.98", m)
+	}
+	h := hashingCost(runs, 12)
+	if h == nil || h.Impl != ImplGnet || h.Agencies != 10000 || h.ServerCPUNsPerBet != 600 || h.Share != 0.02 {
+		t.Errorf("hashing %+v, want gnet at the largest K: 12 of 600 ns", h)
+	}
+	if hashingCost(runs, 0) != nil || hashingCost(nil, 12) != nil {
+		t.Error("a hashing estimate without a measurement")
+	}
+	// Only insecure runs: they are the main ones.
+	plain := []RunResult{runs[3], runs[4]}
+	if r := computeRatios(plain, limits); len(r) != 1 || r[0].Security != Insecure || math.Abs(r[0].BetsPerSec-1.9/1.5) > 1e-9 {
+		t.Errorf("insecure-only ratios %+v", r)
+	}
+	if computeEncryption(plain) != nil {
+		t.Error("an encryption cost without secured runs")
+	}
+}
+
+func TestTargets(t *testing.T) {
+	r := &Report{Runs: comparisonRuns()}
+	r.Ratios = computeRatios(r.Runs, &Limits{CeilingBetsPerSec: 5e6})
+	r.Encryption = computeEncryption(r.Runs)
+	r.Metrics = computeMetricsCost(r.Runs)
+	r.Hashing = hashingCost(r.Runs, 12)
+	r.EndToEnd = []EndToEnd{
+		{Name: e2eCourse, Impl: ImplGnet, Security: Secure, Agencies: 5, Bets: 78697, Reps: 5, MedianSec: 0.09},
+		{Name: e2eCourse, Impl: ImplStdlib, Security: Secure, Agencies: 5, Bets: 78697, Reps: 5, MedianSec: 0.5},
+		{Name: e2eBig, Impl: ImplGnet, Security: Secure, Agencies: 2, Bets: 4e6, Reps: 1, MedianSec: 6},
+	}
+	got := map[string]Target{}
+	for _, x := range computeTargets(r) {
+		got[x.Name] = x
+	}
+	for name, met := range map[string]bool{
+		"course-shaped end to end, 5 agencies (gnet)":           true,
+		"2 agencies × 2,000,000 bets (gnet)":                    false,
+		"gnet/stdlib bets/s at 2,000 agencies":                  true,
+		"gnet/stdlib RSS per waiting connection at 2,000":       true, // 3000/9000
+		"gnet share of the machine ceiling at 2,000":            true, // 0.36
+		"last FINISHED → last WINNERS at 10,000 (gnet)":         true,
+		"RSS per waiting connection at 10,000 (gnet)":           false, // 4.9 KiB
+		"reconnect storm of 10,000 agencies (gnet)":             true,
+		"server CPU per million bets at 10,000 agencies (gnet)": false,
+		"secured/insecure bets/s at 2,000 agencies (gnet)":      true,
+		"secured/insecure bets/s at 2,000 agencies (stdlib)":    false,
+		"metrics on/off bets/s at 2,000 agencies (gnet)":        true,
+		"hashing share of server CPU per bet (estimate)":        true,
+	} {
+		x, ok := got[name]
+		if !ok {
+			t.Errorf("no target %q", name)
+			continue
+		}
+		if x.Met != met {
+			t.Errorf("%s: met %v (%s against %s), want %v", name, x.Met, x.Got, x.Want, met)
+		}
+	}
+	if len(got) != 13 {
+		t.Errorf("%d targets, want 13: %v", len(got), got)
+	}
+	if n := len(computeTargets(&Report{})); n != 0 {
+		t.Errorf("%d targets with nothing measured", n)
+	}
+}
+
+func TestMedianRunsKeepsTheMiddleRepetition(t *testing.T) {
+	runs := []RunResult{
+		{Impl: ImplGnet, Security: Secure, BetsPerSec: 3, AckP99Ms: 30},
+		{Impl: ImplStdlib, Security: Secure, BetsPerSec: 9},
+		{Impl: ImplGnet, Security: Secure, BetsPerSec: 1, AckP99Ms: 10},
+		{Impl: ImplGnet, Security: Secure, BetsPerSec: 2, AckP99Ms: 20},
+	}
+	got := medianRuns(runs)
+	if len(got) != 2 || got[0].Impl != ImplGnet || got[0].BetsPerSec != 2 || got[0].AckP99Ms != 20 ||
+		!slices.Equal(got[0].RepeatBetsPerSec, []float64{3, 1, 2}) {
+		t.Errorf("gnet = %+v, want the 2 bets/s run with every repetition noted", got[0])
+	}
+	if got[1].Impl != ImplStdlib || got[1].RepeatBetsPerSec != nil {
+		t.Errorf("stdlib = %+v, want its one run as is", got[1])
+	}
+	if m := median([]float64{1, 2, 3, 10}); m != 2.5 {
+		t.Errorf("median of 4 = %v, want 2.5", m)
+	}
+	if m := median([]float64{4}); m != 4 {
+		t.Errorf("median of 1 = %v", m)
+	}
+}
+
+func TestTableShowsComparisonsAndTargets(t *testing.T) {
+	r := &Report{Runs: comparisonRuns(), Machine: Machine{CPUs: 2, LoadAvgStart: 1.5, LoadAvgEnd: 2}}
+	r.Ratios = computeRatios(r.Runs, &r.Limits)
+	r.Encryption = computeEncryption(r.Runs)
+	r.Metrics = computeMetricsCost(r.Runs)
+	r.Hashing = hashingCost(r.Runs, 12)
+	r.EndToEnd = []EndToEnd{
+		{Name: e2eCourse, Impl: ImplGnet, Security: Secure, Agencies: 5, Bets: 78697, Reps: 3, WallSec: []float64{0.1, 0.08, 0.12}, MedianSec: 0.1,
+			MinSec: 0.08, MaxSec: 0.12, BetsPerSec: 786970},
+		{Name: e2eCourse, Impl: ImplStdlib, Security: Secure, Agencies: 5, Bets: 78697, Reps: 3, MedianSec: 0.25},
+	}
+	r.Targets = computeTargets(r)
+	var buf bytes.Buffer
+	if err := r.WriteTable(&buf); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"insecure", "4.20", // a storm's seconds
+		"course: stdlib/gnet wall time 2.50", "786,970",
+		"gnet K=2000: secured 1,800,000 bets/s, insecure 1,900,000 bets/s, ratio 0.95",
+		"ratio 0.980", "lottery_bets_stored_total scraped 2,000,000",
+		"chain 12 ns per bet against 600 ns", "2.0%",
+		"targets:", "issue 13", "met", "missed",
+		"load average (1 min) 1.50 at start, 2.00 at end, 2 CPUs",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
 }

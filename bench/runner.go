@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,28 +23,104 @@ import (
 // Options configure a bench invocation.
 type Options struct {
 	Impls    []string // ImplGnet, ImplStdlib, in the order to run them
-	Agencies []int    // K values; every impl runs at each
+	Agencies []int    // K values; every impl runs at each; none runs only the end-to-end workloads
 	Bets     int      // per agency
 	// TotalBets, when positive, replaces Bets with TotalBets/K per agency so
 	// every K moves the same work.
-	TotalBets       int
-	Batch           int // bets per BETS frame
-	Distinct        int // distinct synthetic agencies (datasets) at most
-	WinningNumber   uint16
-	Seed            int64
-	ServerBin       string // the gnet server binary
-	SelfBin         string // this binary, re-executed as "serve-stdlib"
-	DataDir         string // base directory for the runs' data directories
-	KeepData        bool   // keep each run's data directory and server log
-	ServerLogLevel  string
+	TotalBets     int
+	Batch         int // bets per BETS frame
+	Distinct      int // distinct synthetic agencies (datasets) at most
+	WinningNumber uint16
+	Seed          int64
+
+	ServerBin  string // the gnet server binary
+	SelfBin    string // this binary, re-executed as "serve-stdlib"
+	AgencyBin  string // bin/agency, for the end-to-end workloads
+	KeygenBin  string // bin/keygen; empty: the key files must exist already
+	GendataBin string // bin/gendata, for the end-to-end workloads
+
+	DataDir        string // base directory for the runs' data directories, the keys and the CSV files
+	KeepData       bool   // keep each run's data directory and logs
+	ServerLogLevel string // "": the servers' default level
+
+	Insecure         bool // run the servers --insecure, the agencies in plaintext
+	CompareInsecure  bool // also run each server --insecure at each K
+	CompareMetrics   bool // also run gnet with --metrics-listen at each K
+	Storm            bool // after each run, restart the server and reconnect every agency at once
+	StormConcurrency int  // connections being opened at once in a storm
+	Repeat           int  // runs of each server at each K; the median is reported
+
+	CourseReps int // repetitions of the course-shaped end-to-end run; 0: none
+	BigBets    int // bets of each of the two agencies of the big end-to-end run; 0: none
+	BigReps    int
+
 	DialConcurrency int
-	Timeout         time.Duration // longest a run may take
+	Timeout         time.Duration // longest a single run may take
 	LoopbackBytes   int64         // moved by each loopback test
 	DiskBlock       int           // bytes per fsync in the disk test; 0 means the mean group commit observed
 	DiskTime        time.Duration // how long the disk test runs
 	SkipLimits      bool
 	Log             io.Writer // progress and notes; nil for none
 	TTY             bool      // Log is a terminal: one updating line
+}
+
+// variant is one way of running a server: which, secured or not, with
+// metrics or not.
+type variant struct {
+	Impl    string
+	Secure  bool
+	Metrics bool
+}
+
+func (v variant) String() string {
+	s := v.Impl
+	if !v.Secure {
+		s += " insecure"
+	}
+	if v.Metrics {
+		s += " +metrics"
+	}
+	return s
+}
+
+func (v variant) security() string {
+	if v.Secure {
+		return Secure
+	}
+	return Insecure
+}
+
+// slug names the variant in a directory name.
+func (v variant) slug() string { return strings.NewReplacer(" +", "-", " ", "-").Replace(v.String()) }
+
+// variants lists the runs made at each K, in order: every server in the
+// main mode, then gnet with metrics, then every server --insecure.
+func (o *Options) variants() []variant {
+	var out []variant
+	for _, impl := range o.Impls {
+		out = append(out, variant{Impl: impl, Secure: !o.Insecure})
+	}
+	if o.CompareMetrics && slices.Contains(o.Impls, ImplGnet) {
+		out = append(out, variant{Impl: ImplGnet, Secure: !o.Insecure, Metrics: true})
+	}
+	if o.CompareInsecure && !o.Insecure {
+		for _, impl := range o.Impls {
+			out = append(out, variant{Impl: impl})
+		}
+	}
+	return out
+}
+
+// e2eSpecs lists the end-to-end workloads asked for.
+func (o *Options) e2eSpecs() []e2eSpec {
+	var out []e2eSpec
+	if o.CourseReps > 0 {
+		out = append(out, e2eSpec{Name: e2eCourse, Reps: o.CourseReps})
+	}
+	if o.BigBets > 0 {
+		out = append(out, e2eSpec{Name: e2eBig, Sizes: []int{o.BigBets, o.BigBets}, Reps: max(o.BigReps, 1)})
+	}
+	return out
 }
 
 func (o *Options) check() error {
@@ -67,16 +144,34 @@ func (o *Options) check() error {
 			return fmt.Errorf("--impl: unknown server %q (want gnet or stdlib)", impl)
 		}
 	}
-	if len(o.Agencies) == 0 {
-		return errors.New("--agencies: no value")
+	if len(o.Agencies) == 0 && len(o.e2eSpecs()) == 0 {
+		return errors.New("nothing to run: no --agencies and no end-to-end workload")
 	}
 	for _, k := range o.Agencies {
 		if k < 1 {
 			return fmt.Errorf("--agencies: %d is not a positive number", k)
 		}
 	}
+	bins := []struct{ flag, path string }{}
+	if !o.Insecure {
+		bins = append(bins, struct{ flag, path string }{"--keygen-bin", o.KeygenBin})
+	}
+	if len(o.e2eSpecs()) > 0 {
+		bins = append(bins, struct{ flag, path string }{"--agency-bin", o.AgencyBin}, struct{ flag, path string }{"--gendata-bin", o.GendataBin})
+	}
+	for _, b := range bins {
+		if b.path == "" {
+			if b.flag == "--keygen-bin" {
+				continue // the keys must exist; loading them says so if not
+			}
+			return fmt.Errorf("%s is needed", b.flag)
+		}
+		if _, err := os.Stat(b.path); err != nil {
+			return fmt.Errorf("%s: %w (run make build)", b.flag, err)
+		}
+	}
 	switch {
-	case o.TotalBets <= 0 && o.Bets < 1:
+	case len(o.Agencies) > 0 && o.TotalBets <= 0 && o.Bets < 1:
 		return fmt.Errorf("--bets must be at least 1, got %d", o.Bets)
 	case o.Batch < 1 || o.Batch > 0xFFFF:
 		return fmt.Errorf("--batch must be from 1 to 65535 bets, got %d", o.Batch)
@@ -86,6 +181,12 @@ func (o *Options) check() error {
 		return fmt.Errorf("--winning-number must be from 0 to %d, got %d", frame.MaxNumber, o.WinningNumber)
 	case o.DataDir == "":
 		return errors.New("--data-dir must not be empty")
+	case o.Repeat < 1:
+		return fmt.Errorf("--repeat must be at least 1, got %d", o.Repeat)
+	case o.CourseReps < 0 || o.BigBets < 0 || o.BigReps < 0:
+		return errors.New("--course-reps, --big-bets and --big-reps must not be negative")
+	case o.Timeout <= 0:
+		return fmt.Errorf("--timeout must be positive, got %v", o.Timeout)
 	}
 	return nil
 }
@@ -104,9 +205,13 @@ func (o *Options) logf(format string, a ...any) {
 	}
 }
 
-// Run measures every impl at every number of agencies, then the machine's
-// limits, and returns the report. Any run that loses or corrupts a bet,
-// delivers wrong winners or exits badly fails the whole invocation.
+// hashingSample is how long each round of the chain microbenchmark runs.
+const hashingSample = 200 * time.Millisecond
+
+// Run measures every server variant at every number of agencies, then the
+// end-to-end workloads, then the machine's limits, and returns the report.
+// Any run that loses or corrupts a bet, delivers wrong winners or exits
+// badly fails the whole invocation.
 func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
@@ -119,18 +224,33 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	maxK := slices.Max(opts.Agencies)
-	if err := CheckCapacity(maxK, lim, ports); err != nil {
-		return nil, err
+	maxK := 0
+	if len(opts.Agencies) > 0 {
+		maxK = slices.Max(opts.Agencies)
+		if err := CheckCapacity(maxK, lim, ports); err != nil {
+			return nil, err
+		}
 	}
-	if err := os.MkdirAll(opts.DataDir, 0o755); err != nil {
+	if err := ensureDir(opts.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	security := Secure
+	if opts.Insecure {
+		security = Insecure
+	}
+	serverLog := opts.ServerLogLevel
+	if serverLog == "" {
+		serverLog = DefaultLogLevel + " (default)"
 	}
 	rep := &Report{
 		Machine: describeMachine(opts.DataDir),
 		Config: RunConfig{Impls: opts.Impls, Agencies: opts.Agencies, Batch: opts.Batch, Distinct: opts.Distinct,
-			WinningNumber: opts.WinningNumber, Seed: opts.Seed, ServerLog: opts.ServerLogLevel,
-			Sources: max(len(SourceAddrs(maxK, ports)), 1)},
+			WinningNumber: opts.WinningNumber, Seed: opts.Seed, ServerLog: serverLog, Security: security, Repeat: opts.Repeat,
+			Sources: max(len(SourceAddrs(maxK, ports)), 1), Dials: opts.DialConcurrency},
+	}
+	rep.Runs = []RunResult{} // an empty list, not null, in the JSON
+	if opts.Storm {
+		rep.Config.StormDials = opts.StormConcurrency
 	}
 	rep.Machine.Started = time.Now().UTC().Format(time.RFC3339)
 	rep.Machine.OpenFiles = lim
@@ -145,6 +265,24 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			la, rep.Machine.CPUs))
 	}
 
+	var keys *keyring
+	if !opts.Insecure {
+		n := maxK
+		for _, s := range opts.e2eSpecs() {
+			n = max(n, s.agencies())
+		}
+		dir := keysDir(opts.DataDir)
+		opts.logf("keys for %d agencies in %s (bin/keygen adds the missing ones)", n, dir)
+		var took time.Duration
+		if keys, took, err = provisionKeys(ctx, opts.KeygenBin, dir, n); err != nil {
+			return rep, err
+		}
+		if took > time.Second {
+			opts.logf("keygen took %v; the keys stay in %s for later invocations", took.Round(time.Millisecond), dir)
+		}
+	}
+
+	chainNs := 0.0
 	for _, k := range opts.Agencies {
 		b := opts.betsPerAgency(k)
 		sets, err := buildDatasets(datasetPlan{Distinct: min(opts.Distinct, k), Bets: b, Batch: opts.Batch,
@@ -152,12 +290,22 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		for _, impl := range opts.Impls {
-			res, err := runOne(ctx, &opts, impl, k, b, sets, SourceAddrs(k, ports))
-			if err != nil {
-				return rep, fmt.Errorf("%s with %d agencies: %w", impl, k, err)
+		var runs []RunResult
+		for round := range opts.Repeat {
+			for _, v := range opts.variants() {
+				if opts.Repeat > 1 {
+					opts.logf("%s K=%d, repetition %d of %d", v, k, round+1, opts.Repeat)
+				}
+				res, err := runOne(ctx, &opts, v, k, b, sets, SourceAddrs(k, ports), keys)
+				if err != nil {
+					return rep, fmt.Errorf("%s with %d agencies: %w", v, k, err)
+				}
+				runs = append(runs, res)
 			}
-			rep.Runs = append(rep.Runs, res)
+		}
+		rep.Runs = append(rep.Runs, medianRuns(runs)...)
+		if chainNs == 0 {
+			chainNs = chainCost(sets[0].sample, hashingSample)
 		}
 		if !opts.SkipLimits {
 			// Right after the runs it is compared with, so a disk whose
@@ -168,15 +316,60 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 	}
 
-	if !opts.SkipLimits {
+	for _, spec := range opts.e2eSpecs() {
+		es, err := runE2E(ctx, &opts, spec, keys)
+		if err != nil {
+			return rep, err
+		}
+		rep.EndToEnd = append(rep.EndToEnd, es...)
+	}
+
+	if !opts.SkipLimits && len(rep.Runs) > 0 {
 		opts.logf("measuring loopback throughput")
 		if err := measureLimits(ctx, &opts, rep); err != nil {
 			return rep, err
 		}
 	}
 	rep.Ratios = computeRatios(rep.Runs, &rep.Limits)
+	rep.Encryption = computeEncryption(rep.Runs)
+	rep.Metrics = computeMetricsCost(rep.Runs)
+	rep.Hashing = hashingCost(rep.Runs, chainNs)
+	rep.Targets = computeTargets(rep)
 	rep.Machine.LoadAvgEnd = loadAvg()
 	return rep, nil
+}
+
+// medianRuns keeps, of the repetitions of each variant, the run with the
+// median bets/s (the lower of the middle two), noting every repetition's
+// bets/s in it; variants keep their order.
+func medianRuns(runs []RunResult) []RunResult {
+	var order []variant
+	byVariant := map[variant][]RunResult{}
+	for _, r := range runs {
+		v := r.variant()
+		if _, ok := byVariant[v]; !ok {
+			order = append(order, v)
+		}
+		byVariant[v] = append(byVariant[v], r)
+	}
+	out := make([]RunResult, 0, len(order))
+	for _, v := range order {
+		rs := byVariant[v]
+		if len(rs) == 1 {
+			out = append(out, rs[0])
+			continue
+		}
+		all := make([]float64, len(rs))
+		for i, r := range rs {
+			all[i] = r.BetsPerSec
+		}
+		sorted := slices.Clone(rs)
+		slices.SortStableFunc(sorted, func(a, b RunResult) int { return cmpFloat(a.BetsPerSec, b.BetsPerSec) })
+		m := sorted[(len(sorted)-1)/2]
+		m.RepeatBetsPerSec = all
+		out = append(out, m)
+	}
+	return out
 }
 
 // measureDiskFor runs the append+fsync test with blocks the size of the
@@ -243,12 +436,12 @@ func measureLimits(ctx context.Context, opts *Options, rep *Report) error {
 // defaultDiskBlock is the disk test's block when no run saw a group commit.
 const defaultDiskBlock = 256 << 10
 
-// meanGroup is the mean group commit, in bytes, of the gnet run with k
+// meanGroup is the mean group commit, in bytes, of the main gnet run with k
 // agencies (or of another run with k agencies if gnet did not run).
 func meanGroup(runs []RunResult, k int) int {
 	block := 0
 	for _, r := range runs {
-		if r.Agencies == k && r.MeanGroupBytes > 0 && (block == 0 || r.Impl == ImplGnet) {
+		if r.Agencies == k && r.MeanGroupBytes > 0 && (block == 0 || (r.Impl == ImplGnet && !r.Metrics)) {
 			block = int(r.MeanGroupBytes)
 		}
 	}
@@ -259,14 +452,25 @@ func meanGroup(runs []RunResult, k int) int {
 }
 
 // runOne starts one server on a fresh data directory, drives k agencies
-// with b bets each against it, stops it and checks what it stored.
-func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*dataset, sources []net.IP) (RunResult, error) {
-	dir, err := os.MkdirTemp(opts.DataDir, fmt.Sprintf("%s-k%d-", impl, k))
+// with b bets each against it, stops it and checks what it stored; then,
+// for a storm, starts it again on the same data and reconnects every agency
+// at once.
+func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dataset, sources []net.IP, keys *keyring) (RunResult, error) {
+	dir, err := os.MkdirTemp(opts.DataDir, fmt.Sprintf("%s-k%d-", v.slug(), k))
 	if err != nil {
 		return RunResult{}, fmt.Errorf("data dir: %w", err)
 	}
 	dataDir := filepath.Join(dir, "data")
-	srv, err := startServer(ctx, opts, impl, k, dataDir, filepath.Join(dir, "server.log"))
+	var metricsAddr string
+	if v.Metrics {
+		port, err := freePort()
+		if err != nil {
+			return RunResult{}, err
+		}
+		metricsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	}
+	args := serverArgs(opts, v, k, dataDir, keys, metricsAddr)
+	srv, err := startServer(ctx, v.Impl, opts, args, filepath.Join(dir, "server.log"))
 	if err != nil {
 		return RunResult{}, err
 	}
@@ -289,25 +493,46 @@ func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*d
 		return fail(err)
 	}
 
+	var agencyKeys *keyring
+	if v.Secure {
+		agencyKeys = keys
+	}
 	var connected, waiting, end memory
-	var cpu1 time.Duration
+	var cpuConnected, cpu1 time.Duration
+	var scraped float64
 	prog := &progress{phase: "connect"}
 	total := int64(k) * int64(b)
-	disp := startDisplay(opts.Log, opts.TTY, fmt.Sprintf("%-6s K=%d", impl, k), k, total, prog)
+	disp := startDisplay(opts.Log, opts.TTY, fmt.Sprintf("%-16s K=%d", v, k), k, total, prog)
 	runCtx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	dres, err := drive(runCtx, driveConfig{
-		Addr: srv.addr, Agencies: k, Sets: sets, Sources: sources, DialConcurrency: opts.DialConcurrency,
+		Addr: srv.addr, Agencies: k, Sets: sets, Keys: agencyKeys, Sources: sources, DialConcurrency: opts.DialConcurrency,
 		Timeout: opts.Timeout, Progress: prog,
-		Connected: func() (err error) { connected, err = readMemory(srv.pid); return err },
-		Waiting:   func() (err error) { waiting, err = readMemory(srv.pid); return err },
+		Connected: func() (err error) {
+			if connected, err = readMemory(srv.pid); err != nil {
+				return err
+			}
+			cpuConnected, err = readCPU(srv.pid)
+			return err
+		},
+		Waiting: func() (err error) { waiting, err = readMemory(srv.pid); return err },
 		Delivered: func() error {
 			var err error
 			if end, err = readMemory(srv.pid); err != nil {
 				return err
 			}
-			cpu1, err = readCPU(srv.pid)
-			return err
+			if cpu1, err = readCPU(srv.pid); err != nil {
+				return err
+			}
+			if metricsAddr != "" {
+				if scraped, err = scrapeMetric(runCtx, metricsAddr, betsStoredMetric); err != nil {
+					return err
+				}
+				if scraped != float64(total) {
+					return fmt.Errorf("%w: /metrics says %s %v, the agencies stored %d bets", ErrBrokenRun, betsStoredMetric, scraped, total)
+				}
+			}
+			return nil
 		},
 	})
 	prog.setPhase("done")
@@ -318,18 +543,31 @@ func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*d
 	if err := srv.stop(); err != nil {
 		return fail(err)
 	}
-	st, err := checkStore(dataDir, k, b)
+	st, err := checkStore(dataDir, wantFromSets(sets, k))
 	if err != nil {
 		return fail(err)
 	}
 	if dres.Upload <= 0 || dres.Bets == 0 {
 		return fail(fmt.Errorf("%w: %d bets in %v", ErrBrokenRun, dres.Bets, dres.Upload))
 	}
+
+	var sres stormResult
+	if opts.Storm && !v.Metrics {
+		if sres, err = reconnectStorm(ctx, opts, v, k, sets, sources, agencyKeys, args, dir, dres.Root); err != nil {
+			return RunResult{}, err
+		}
+	}
+
 	lat := summarize(dres.Latencies)
+	hs := summarize(dres.Handshakes)
 	upload := dres.Upload.Seconds()
 	cpu := (cpu1 - cpu0).Seconds()
+	logLevel := opts.ServerLogLevel
+	if logLevel == "" {
+		logLevel = DefaultLogLevel
+	}
 	res := RunResult{
-		Impl: impl, Agencies: k, BetsPerAgency: b, Batch: opts.Batch,
+		Impl: v.Impl, Agencies: k, BetsPerAgency: b, Batch: opts.Batch,
 		BetsPerSec:              float64(dres.Bets) / upload,
 		MBPerSec:                float64(dres.WireBytes) / upload / 1e6,
 		AckP50Ms:                ms(lat.P50),
@@ -340,6 +578,17 @@ func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*d
 		RSSPerWaitingConnBytes:  (float64(waiting.RSS) - float64(base.RSS)) / float64(k),
 		RSSPerIdleConnBytes:     (float64(connected.RSS) - float64(base.RSS)) / float64(k),
 		CPUSecPerMillionBets:    cpu / (float64(dres.Bets) / 1e6),
+		UploadCPUSecPerMBets:    (cpu1 - cpuConnected).Seconds() / (float64(dres.Bets) / 1e6),
+		CPUMsPerConnection:      (cpuConnected - cpu0).Seconds() * 1e3 / float64(k),
+		Security:                v.security(),
+		Metrics:                 v.Metrics,
+		LogLevel:                logLevel,
+		Window:                  dres.Window,
+		HandshakesPerSec:        float64(k) / dres.Connect.Seconds(),
+		HandshakeP50Ms:          ms(hs.P50),
+		HandshakeP99Ms:          ms(hs.P99),
+		MetricsBetsStored:       scraped,
+		PingsAnswered:           dres.Pings,
 		Bets:                    dres.Bets,
 		WireBytes:               dres.WireBytes,
 		ConnectSec:              dres.Connect.Seconds(),
@@ -352,6 +601,11 @@ func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*d
 		BetsCSVBytes:            st.CSVBytes,
 		GroupCommits:            st.Commits,
 	}
+	if sres.Took > 0 {
+		res.StormSec = sres.Took.Seconds()
+		res.StormHandshakesPerSec = float64(k) / sres.Took.Seconds()
+		res.StormHandshakeP99Ms = ms(summarize(sres.Handshakes).P99)
+	}
 	if st.BetCommits > 0 {
 		res.MeanGroupBytes = float64(st.CSVBytes) / float64(st.BetCommits)
 	}
@@ -359,6 +613,52 @@ func runOne(ctx context.Context, opts *Options, impl string, k, b int, sets []*d
 		opts.logf("kept %s", dir)
 	} else if err := os.RemoveAll(dir); err != nil {
 		return res, fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return res, nil
+}
+
+// serverArgs is the command line of a server under test, but for
+// --listen: only what differs from its defaults for this run.
+func serverArgs(opts *Options, v variant, k int, dataDir string, keys *keyring, metricsAddr string) []string {
+	args := []string{"--agencies", strconv.Itoa(k), "--data-dir", dataDir}
+	if v.Secure {
+		args = append(args, "--keys", keys.Dir)
+	} else {
+		args = append(args, "--insecure")
+	}
+	if opts.WinningNumber != eventserver.DefaultWinningNumber {
+		args = append(args, "--winning-number", strconv.Itoa(int(opts.WinningNumber)))
+	}
+	if opts.ServerLogLevel != "" {
+		args = append(args, "--log-level", opts.ServerLogLevel)
+	}
+	if metricsAddr != "" {
+		args = append(args, "--metrics-listen", metricsAddr)
+	}
+	return args
+}
+
+// reconnectStorm starts the server of a finished run again on its data and
+// reconnects its k agencies at once.
+func reconnectStorm(ctx context.Context, opts *Options, v variant, k int, sets []*dataset, sources []net.IP, keys *keyring,
+	args []string, dir string, root frame.Hash) (stormResult, error) {
+	srv, err := startServer(ctx, v.Impl, opts, args, filepath.Join(dir, "server-restart.log"))
+	if err != nil {
+		return stormResult{}, fmt.Errorf("restart for the reconnect storm: %w", err)
+	}
+	defer srv.kill()
+	opts.logf("%-16s K=%d reconnect storm: %d agencies at once after a restart (%d connecting at a time)",
+		v, k, k, opts.StormConcurrency)
+	stormCtx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	res, err := storm(stormCtx, stormConfig{Addr: srv.addr, Agencies: k, Sets: sets, Keys: keys, Sources: sources,
+		Concurrency: opts.StormConcurrency, Timeout: opts.Timeout, Root: root})
+	if err == nil {
+		err = srv.stop()
+	}
+	if err != nil {
+		srv.kill()
+		return stormResult{}, fmt.Errorf("reconnect storm: %w\n%s", err, srv.tail())
 	}
 	return res, nil
 }
@@ -374,27 +674,18 @@ type serverProc struct {
 	waitErr error
 }
 
-// serverArgs is the command line of impl's server.
-func serverArgs(opts *Options, impl, addr string, k int, dataDir string) (string, []string) {
-	args := []string{
-		"--listen", addr,
-		"--agencies", strconv.Itoa(k),
-		"--data-dir", dataDir,
-		"--max-conns", strconv.Itoa(k + FDMargin),
-		"--winning-number", strconv.Itoa(int(opts.WinningNumber)),
-		"--log-level", opts.ServerLogLevel,
-		"--read-timeout", opts.Timeout.String(),
-		"--shutdown-grace", "10s",
-	}
+// serverCommand is the program and first arguments of impl's server.
+func serverCommand(opts *Options, impl string) (string, []string) {
 	if impl == ImplStdlib {
-		return opts.SelfBin, append([]string{"serve-stdlib"}, args...)
+		return opts.SelfBin, []string{"serve-stdlib"}
 	}
-	return opts.ServerBin, args
+	return opts.ServerBin, nil
 }
 
-// startServer starts impl's server on a free loopback port and waits until
-// it answers a PING.
-func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir, logPath string) (*serverProc, error) {
+// startServer starts impl's server with args on a free loopback port and
+// waits until it answers a PING (a plaintext PING, which a secured server
+// answers too).
+func startServer(ctx context.Context, impl string, opts *Options, args []string, logPath string) (*serverProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -404,8 +695,8 @@ func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir
 	if err != nil {
 		return nil, fmt.Errorf("server log: %w", err)
 	}
-	bin, args := serverArgs(opts, impl, addr, k, dataDir)
-	cmd := exec.Command(bin, args...)
+	bin, first := serverCommand(opts, impl)
+	cmd := exec.Command(bin, append(append(first, "--listen", addr), args...)...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -417,13 +708,14 @@ func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir
 		logFile.Close()
 		close(s.exited)
 	}()
-	deadline := time.Now().Add(20 * time.Second)
+	const startTimeout = time.Minute // recovery re-reads the store
+	deadline := time.Now().Add(startTimeout)
 	for {
 		if err := eventserver.Ping(addr, 2*time.Second); err == nil {
 			return s, nil
 		} else if time.Now().After(deadline) {
 			s.kill()
-			return nil, fmt.Errorf("%s server did not answer on %s within 20s: %w\n%s", impl, addr, err, s.tail())
+			return nil, fmt.Errorf("%s server did not answer on %s within %v: %w\n%s", impl, addr, startTimeout, err, s.tail())
 		}
 		select {
 		case <-s.exited:
@@ -435,8 +727,6 @@ func startServer(ctx context.Context, opts *Options, impl string, k int, dataDir
 		}
 	}
 }
-
-// ping checks that a server at addr answers PING with the same PONG.
 
 // freePort asks the kernel for a loopback port nobody listens on.
 func freePort() (int, error) {

@@ -4,73 +4,102 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
 func smokeOptions(t *testing.T) Options {
 	return Options{
-		Impls:           []string{ImplStdlib},
-		Agencies:        []int{6},
-		Bets:            80,
-		Batch:           30,
-		Distinct:        64,
-		WinningNumber:   7574,
-		Seed:            1,
-		SelfBin:         os.Args[0], // TestMain serves "serve-stdlib"
-		DataDir:         t.TempDir(),
-		ServerLogLevel:  "warn",
-		DialConcurrency: 4,
-		Timeout:         time.Minute,
-		LoopbackBytes:   1 << 20,
-		DiskTime:        20 * time.Millisecond,
+		Impls:            []string{ImplStdlib},
+		Agencies:         []int{6},
+		Bets:             80,
+		Batch:            30,
+		Distinct:         64,
+		WinningNumber:    7574,
+		Seed:             1,
+		SelfBin:          os.Args[0], // TestMain serves "serve-stdlib"
+		DataDir:          t.TempDir(),
+		DialConcurrency:  4,
+		Repeat:           1,
+		Storm:            true,
+		StormConcurrency: 4,
+		Timeout:          time.Minute,
+		LoopbackBytes:    1 << 20,
+		DiskTime:         20 * time.Millisecond,
+	}
+}
+
+// provideKeys puts the shared test keys where an invocation without
+// keygen looks for them.
+func provideKeys(t *testing.T, dataDir string) {
+	t.Helper()
+	k := testKeys(t)
+	if err := os.Symlink(k.Dir, keysDir(dataDir)); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // TestRunAgainstAServerProcess runs the whole bench (process start, /proc
-// sampling, SIGTERM and exit status, store check, limits) against the
-// stdlib server in a child process.
+// sampling, SIGTERM and exit status, store check, storm, limits) against the
+// stdlib server in a child process, secured and --insecure.
 func TestRunAgainstAServerProcess(t *testing.T) {
 	opts := smokeOptions(t)
+	opts.CompareInsecure = true
+	opts.Repeat = 2
+	provideKeys(t, opts.DataDir)
 	rep, err := Run(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Runs) != 1 {
-		t.Fatalf("%d runs, want 1", len(rep.Runs))
+	if len(rep.Runs) != 2 {
+		t.Fatalf("%d runs, want 2 (secure, insecure; repetitions folded)", len(rep.Runs))
 	}
-	r := rep.Runs[0]
-	if r.Impl != ImplStdlib || r.Agencies != 6 || r.BetsPerAgency != 80 || r.Bets != 480 || r.AckSamples != 6*3 {
-		t.Errorf("run %+v: want stdlib, 6 agencies × 80 bets in 3 batches", r)
-	}
-	if r.BetsPerSec <= 0 || r.MBPerSec <= 0 || r.AckP50Ms <= 0 || r.AckP99Ms < r.AckP50Ms || r.AckMaxMs < r.AckP99Ms {
-		t.Errorf("throughput and latency out of order: %+v", r)
-	}
-	if r.ServerBaseRSSBytes == 0 || r.ServerPeakRSSBytes < r.ServerWaitingRSSBytes || r.DrawToLastWinnersMs <= 0 {
-		t.Errorf("server samples: %+v", r)
-	}
-	if r.BetsCSVBytes <= 0 || r.GroupCommits < 1 || r.MeanGroupBytes <= 0 {
-		t.Errorf("store stats: %d bytes, %d commits, mean group %v", r.BetsCSVBytes, r.GroupCommits, r.MeanGroupBytes)
+	for i, sec := range []string{Secure, Insecure} {
+		r := rep.Runs[i]
+		if r.Impl != ImplStdlib || r.Security != sec || r.Agencies != 6 || r.BetsPerAgency != 80 || r.Bets != 480 || r.AckSamples != 6*3 {
+			t.Errorf("run %d %+v: want stdlib %s, 6 agencies × 80 bets in 3 batches", i, r, sec)
+		}
+		if len(r.RepeatBetsPerSec) != 2 || r.BetsPerSec != min(r.RepeatBetsPerSec[0], r.RepeatBetsPerSec[1]) {
+			t.Errorf("run %d: repetitions %v, shown %v; want 2 and the lower median", i, r.RepeatBetsPerSec, r.BetsPerSec)
+		}
+		if r.BetsPerSec <= 0 || r.MBPerSec <= 0 || r.AckP50Ms <= 0 || r.AckP99Ms < r.AckP50Ms || r.AckMaxMs < r.AckP99Ms {
+			t.Errorf("throughput and latency out of order: %+v", r)
+		}
+		if r.Window != 16 || r.LogLevel != DefaultLogLevel || r.HandshakesPerSec <= 0 || r.HandshakeP99Ms < r.HandshakeP50Ms {
+			t.Errorf("run %d: window %d, log %q, %v handshakes/s; want the defaults and a rate", i, r.Window, r.LogLevel, r.HandshakesPerSec)
+		}
+		if r.StormSec <= 0 || r.StormHandshakesPerSec <= 0 {
+			t.Errorf("run %d: no reconnect storm measured: %v s", i, r.StormSec)
+		}
+		if r.ServerBaseRSSBytes == 0 || r.ServerPeakRSSBytes < r.ServerWaitingRSSBytes || r.DrawToLastWinnersMs <= 0 {
+			t.Errorf("server samples: %+v", r)
+		}
+		if r.BetsCSVBytes <= 0 || r.GroupCommits < 1 || r.MeanGroupBytes <= 0 {
+			t.Errorf("store stats: %d bytes, %d commits, mean group %v", r.BetsCSVBytes, r.GroupCommits, r.MeanGroupBytes)
+		}
 	}
 	l := rep.Limits
-	if l.LoopbackBytesPerSec <= 0 || l.DiskAppendFsyncBytesPerSec <= 0 || l.CeilingBetsPerSec <= 0 ||
-		l.LoopbackStreams != 6 || l.DiskBlockBytes != int(r.MeanGroupBytes) {
+	if l.LoopbackBytesPerSec <= 0 || l.DiskAppendFsyncBytesPerSec <= 0 || l.CeilingBetsPerSec <= 0 || l.LoopbackStreams != 6 {
 		t.Errorf("limits: %+v", l)
 	}
-	if want := float64(r.WireBytes) / float64(r.Bets); l.WireBytesPerBet != want {
-		t.Errorf("wire bytes per bet %v, want %v", l.WireBytesPerBet, want)
+	if len(rep.Ratios) != 1 || rep.Ratios[0].StdlibOverCeiling <= 0 || rep.Ratios[0].Security != Secure {
+		t.Errorf("ratios %+v, want stdlib/ceiling of the secured run", rep.Ratios)
 	}
-	if want := float64(r.BetsCSVBytes) / float64(r.Bets); l.DiskBytesPerBet != want {
-		t.Errorf("disk bytes per bet %v, want %v", l.DiskBytesPerBet, want)
+	if len(rep.Encryption) != 1 || rep.Encryption[0].Ratio <= 0 {
+		t.Errorf("encryption %+v, want one secured/insecure comparison", rep.Encryption)
 	}
-	if len(rep.Ratios) != 1 || rep.Ratios[0].StdlibOverCeiling <= 0 {
-		t.Errorf("ratios %+v, want stdlib/ceiling", rep.Ratios)
+	if h := rep.Hashing; h == nil || h.ChainNsPerBet <= 0 || h.Share <= 0 {
+		t.Errorf("hashing %+v, want an estimate", h)
 	}
 	left, err := os.ReadDir(opts.DataDir)
-	if err != nil || len(left) != 0 {
-		t.Errorf("the run left %d entries in the data dir (%v)", len(left), err)
+	if err != nil || len(left) != 1 || left[0].Name() != "keys" {
+		t.Errorf("the run left %v in the data dir (%v), want only the keys", left, err)
 	}
 	var buf bytes.Buffer
 	if err := rep.WriteJSON(&buf); err != nil || !json.Valid(buf.Bytes()) {
@@ -86,12 +115,16 @@ func TestRunRefusesBadOptions(t *testing.T) {
 			o.Impls = []string{ImplGnet}
 			o.ServerBin = "/nonexistent/eventserver"
 		},
-		"no agencies":    func(o *Options) { o.Agencies = nil },
-		"zero agencies":  func(o *Options) { o.Agencies = []int{0} },
-		"zero bets":      func(o *Options) { o.Bets = 0 },
-		"zero batch":     func(o *Options) { o.Batch = 0 },
-		"winning number": func(o *Options) { o.WinningNumber = 10000 },
-		"no data dir":    func(o *Options) { o.DataDir = "" },
+		"nothing to run":   func(o *Options) { o.Agencies = nil },
+		"zero agencies":    func(o *Options) { o.Agencies = []int{0} },
+		"zero bets":        func(o *Options) { o.Bets = 0 },
+		"zero batch":       func(o *Options) { o.Batch = 0 },
+		"winning number":   func(o *Options) { o.WinningNumber = 10000 },
+		"no data dir":      func(o *Options) { o.DataDir = "" },
+		"zero repeat":      func(o *Options) { o.Repeat = 0 },
+		"keygen gone":      func(o *Options) { o.KeygenBin = "/nonexistent/keygen" },
+		"course, no agent": func(o *Options) { o.CourseReps = 1 },
+		"no keys at all":   func(o *Options) {}, // secured, no keygen, no key files
 	} {
 		t.Run(name, func(t *testing.T) {
 			opts := smokeOptions(t)
@@ -107,6 +140,7 @@ func TestRunReportsAServerThatDiesAtStart(t *testing.T) {
 	opts := smokeOptions(t)
 	opts.Impls = []string{ImplGnet}
 	opts.ServerBin = "/bin/false"
+	opts.Insecure = true
 	_, err := Run(t.Context(), opts)
 	if err == nil || !strings.Contains(err.Error(), "exited at start") {
 		t.Fatalf("Run with a server that exits at once = %v, want 'exited at start'", err)
@@ -124,5 +158,114 @@ func TestRunRefusesMoreAgenciesThanFiles(t *testing.T) {
 	opts.Agencies = []int{int(min(lim.Soft, 1<<40))}
 	if _, err := Run(t.Context(), opts); !errors.Is(err, ErrCapacity) {
 		t.Fatalf("K = the open files limit: %v, want ErrCapacity", err)
+	}
+}
+
+func TestVariantsInOrder(t *testing.T) {
+	o := Options{Impls: []string{ImplGnet, ImplStdlib}, CompareInsecure: true, CompareMetrics: true}
+	var got []string
+	for _, v := range o.variants() {
+		got = append(got, v.String())
+	}
+	if want := "gnet,stdlib,gnet +metrics,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
+		t.Errorf("variants %q, want %q", strings.Join(got, ","), want)
+	}
+	o.Insecure = true // everything plaintext: nothing to compare with
+	got = nil
+	for _, v := range o.variants() {
+		got = append(got, v.slug())
+	}
+	if want := "gnet-insecure,stdlib-insecure,gnet-insecure-metrics"; strings.Join(got, ",") != want {
+		t.Errorf("insecure variants %q, want %q", strings.Join(got, ","), want)
+	}
+}
+
+// smokeBins are the real binaries, built once for the smoke test.
+var smokeBins struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	smokeBins.once.Do(func() {
+		dir, err := os.MkdirTemp("", "bench-smoke-bins-")
+		if err != nil {
+			smokeBins.err = err
+			return
+		}
+		smokeBins.dir = dir
+		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+			"github.com/tp0/loteria/eventserver/cmd/eventserver",
+			"github.com/tp0/loteria/agency/cmd/agency",
+			"github.com/tp0/loteria/agency/cmd/gendata",
+			"github.com/tp0/loteria/secure/cmd/keygen",
+			"github.com/tp0/loteria/bench/cmd/bench")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			smokeBins.err = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if smokeBins.err != nil {
+		t.Fatal(smokeBins.err)
+	}
+	return smokeBins.dir
+}
+
+// TestSmokeWithTheRealBinaries is make bench-smoke with freshly built
+// binaries: both servers secured, keys from keygen, the course-shaped run
+// with real agencies, every check; exit 0 and a complete report.
+func TestSmokeWithTheRealBinaries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the real binaries")
+	}
+	bins := buildBinaries(t)
+	out := t.TempDir()
+	bin := func(name string) string { return filepath.Join(bins, name) }
+	cmd := exec.Command(bin("bench"), "--agencies", "8", "--bets", "60", "--batch", "25", "--course-reps", "1",
+		"--compare-insecure", "--compare-metrics", "--loopback-bytes", "1048576", "--disk-time", "20ms", "--quiet",
+		"--server-bin", bin("eventserver"), "--agency-bin", bin("agency"), "--keygen-bin", bin("keygen"),
+		"--gendata-bin", bin("gendata"), "--data-dir", filepath.Join(out, "tmp"), "--json", filepath.Join(out, "smoke.json"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(filepath.Join(out, "smoke.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rep.Runs {
+		got = append(got, r.variant().String())
+		if r.Bets != 8*60 || r.Window < 1 || r.HandshakesPerSec <= 0 {
+			t.Errorf("%s: %d bets, window %d, %v handshakes/s", r.variant(), r.Bets, r.Window, r.HandshakesPerSec)
+		}
+		if r.Metrics != (r.MetricsBetsStored == 8*60) {
+			t.Errorf("%s: scraped %v bets stored", r.variant(), r.MetricsBetsStored)
+		}
+	}
+	if want := "gnet,stdlib,gnet +metrics,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
+		t.Errorf("runs %q, want %q", strings.Join(got, ","), want)
+	}
+	if len(rep.EndToEnd) != 2 {
+		t.Fatalf("end to end %+v, want the course run against both servers", rep.EndToEnd)
+	}
+	for _, e := range rep.EndToEnd {
+		if e.Name != e2eCourse || e.Agencies != 5 || e.Bets != 78697 || e.Reps != 1 || e.MedianSec <= 0 || e.Security != Secure {
+			t.Errorf("end to end %+v, want the course's 5 agencies and 78,697 bets, secured", e)
+		}
+	}
+	if len(rep.Encryption) != 2 || len(rep.Metrics) != 1 || rep.Hashing == nil || len(rep.Targets) == 0 {
+		t.Errorf("comparisons: encryption %d, metrics %d, hashing %v, targets %d", len(rep.Encryption), len(rep.Metrics),
+			rep.Hashing, len(rep.Targets))
+	}
+	if !strings.Contains(stdout.String(), "end to end") || !strings.Contains(stdout.String(), "targets:") {
+		t.Errorf("the table lacks the end-to-end runs or the targets:\n%s", stdout.String())
 	}
 }

@@ -16,11 +16,21 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/secure"
 )
 
 // StdServer is the baseline: a goroutine-per-connection server over Go's
-// net package that runs the same eventserver.Session, eventserver.Hub and
-// persist.Store as the gnet server, so only the transport differs.
+// net package that does the gnet server's work with the same pieces — the
+// same eventserver.Session (window, read and hello timeouts, liveness
+// PINGs), the same Hub and store, the same secure.ServerConn for Noise —
+// so only the transport differs.
+//
+// Each connection has two goroutines: one blocked in Read, handing the
+// bytes it got to the other, which owns everything else — a buffer of
+// received bytes that reports io.ErrShortBuffer when a record or frame is
+// incomplete (like gnet's), the handshake, the decoder, the session, its
+// deadline and every write. While the session's window is full it takes
+// no bytes, so the reader waits and TCP flow control holds the peer back.
 type StdServer struct {
 	cfg   eventserver.Config
 	log   *zap.Logger
@@ -38,7 +48,8 @@ type StdServer struct {
 }
 
 // NewStdServer opens (and recovers) the store in cfg.DataDir. Zero fields of
-// cfg take the eventserver defaults.
+// cfg take the eventserver defaults; cfg.Keys nil runs the plaintext
+// protocol (--insecure).
 func NewStdServer(cfg eventserver.Config) (*StdServer, error) {
 	cfg = cfg.WithDefaults()
 	store, err := eventserver.OpenStore(cfg)
@@ -62,6 +73,9 @@ func (s *StdServer) Ready() <-chan struct{} { return s.ready }
 // Addr is the address the server listens on, valid after Ready.
 func (s *StdServer) Addr() string { return s.addr }
 
+// Hub exposes the shared state, for tests.
+func (s *StdServer) Hub() *eventserver.Hub { return s.hub }
+
 // Serve accepts connections until ctx is cancelled, then drains like the
 // gnet server: it stops accepting, lets in-flight batches finish, closes
 // every connection (forcibly after ShutdownGrace) and closes the store.
@@ -74,8 +88,12 @@ func (s *StdServer) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
 	s.addr = ln.Addr().String()
+	mode := "secure"
+	if s.cfg.Keys == nil {
+		mode = "insecure"
+	}
 	s.log.Info("listen", logging.Success, zap.String("address", s.addr), zap.Int("agencies", s.cfg.Agencies),
-		zap.Int("finished", s.hub.FinishedCount()))
+		zap.Int("finished", s.hub.FinishedCount()), zap.String("mode", mode))
 	close(s.ready)
 	accepted := make(chan struct{})
 	go func() {
@@ -150,7 +168,8 @@ func (s *StdServer) waitIdle(d time.Duration) bool {
 }
 
 // serveConn admits a connection, or refuses it with an ERROR while draining
-// or at the connection limit, then runs it.
+// or beyond the agencies plus the connections allowed before HELLO, then
+// runs it.
 func (s *StdServer) serveConn(nc net.Conn) {
 	remote := nc.RemoteAddr().String()
 	refuse := func(code frame.Code, reason string) {
@@ -171,12 +190,19 @@ func (s *StdServer) serveConn(nc net.Conn) {
 		srv:    s,
 		nc:     nc,
 		remote: remote,
+		opened: time.Now(),
 		sess: eventserver.NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.cfg.Observer, eventserver.Limits{
 			Window: s.cfg.Window, MaxFrame: s.cfg.MaxFrame, ReadTimeout: s.cfg.ReadTimeout,
-			PingInterval: s.cfg.PingInterval, RetryAfter: s.cfg.RetryAfter}),
-		frames: make(chan eventserver.Received, 1),
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
+			PingInterval: s.cfg.PingInterval, RetryAfter: s.cfg.RetryAfter, Secure: s.cfg.Keys != nil}),
+		dec:   frame.Decoder{MaxSize: s.cfg.MaxFrame},
+		data:  make(chan []byte),
+		taken: make(chan struct{}, 1),
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	c.src = &c.in
+	if s.cfg.Keys != nil {
+		c.sc = secure.NewServerConn(s.cfg.Keys, &c.in)
 	}
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
@@ -188,31 +214,101 @@ func (s *StdServer) serveConn(nc net.Conn) {
 	if ce := s.log.Check(zap.DebugLevel, "connection_open"); ce != nil {
 		ce.Write(logging.Success, zap.String("remote", remote))
 	}
-	go c.readFrames()
+	go c.readBytes()
 	err := c.run()
 	c.close(err)
 }
 
-// stdConn is one connection: a reader goroutine decoding frames, and the
-// session loop (the goroutine that called run) which alone steps the
-// session and writes to the socket.
+// readBuffer is how much one Read takes from the socket at most.
+const readBuffer = frame.MaxSize
+
+// inbox holds the bytes received and not yet decoded. As a frame.Source it
+// behaves like gnet's connection buffer: a Peek beyond what is held returns
+// what is held and io.ErrShortBuffer, never blocks.
+type inbox struct {
+	b   []byte
+	off int
+}
+
+func (in *inbox) Peek(n int) ([]byte, error) {
+	held := in.b[in.off:]
+	if n <= 0 {
+		return held, nil
+	}
+	if len(held) < n {
+		return held, io.ErrShortBuffer
+	}
+	return held[:n], nil
+}
+
+func (in *inbox) Discard(n int) (int, error) {
+	held := len(in.b) - in.off
+	var err error
+	switch {
+	case n <= 0:
+		n = held
+	case n > held:
+		n, err = held, io.ErrShortBuffer
+	}
+	in.off += n
+	if in.off == len(in.b) {
+		// Nothing held: keep a small buffer, let a large one go, so a
+		// connection waiting for the draw does not keep its upload's.
+		in.off = 0
+		if cap(in.b) > 2*readBuffer {
+			in.b = nil
+		} else {
+			in.b = in.b[:0]
+		}
+	}
+	return n, err
+}
+
+// add appends received bytes, first moving what is held to the front.
+func (in *inbox) add(p []byte) {
+	if in.off > 0 {
+		in.b = in.b[:copy(in.b, in.b[in.off:])]
+		in.off = 0
+	}
+	in.b = append(in.b, p...)
+}
+
+func (in *inbox) held() int { return len(in.b) - in.off }
+
+// stdConn is one connection. readBytes runs on one goroutine; everything
+// else runs on the goroutine of run.
 type stdConn struct {
 	srv    *StdServer
 	nc     net.Conn
 	remote string
+	opened time.Time
 	sess   *eventserver.Session
-	out    []byte
 
-	frames chan eventserver.Received // from the reader; closed when the stream ends
-	wake   chan struct{}             // something is in the mailbox
-	done   chan struct{}             // closed when the session loop is over
+	in       inbox
+	src      frame.Source       // in, or sc once the handshake is done
+	sc       *secure.ServerConn // nil when the server runs --insecure
+	dec      frame.Decoder
+	started  bool // the transport is set up: frames may flow
+	sealed   bool // frames go out as Noise transport records
+	plain    bool // a plaintext peer of a secured server (it may only PING)
+	proven   bool // the session has been told the agency the handshake proved
+	out      []byte
+	scratch  []byte
+	wait     eventserver.Wait
+	deadline time.Time
+	timer    *time.Timer
+
+	data  chan []byte   // from the reader: bytes it got; closed when the stream ends
+	taken chan struct{} // to the reader: the bytes were copied, its buffer is free
+	wake  chan struct{} // something is in the mailbox
+	done  chan struct{} // closed when run is over
 
 	mu      sync.Mutex
 	mailbox []eventserver.Event
 	closed  bool
 }
 
-// Deliver queues ev for the session loop. Safe from any goroutine; never blocks.
+// Deliver queues ev for the session. Safe from any goroutine; never blocks.
 func (c *stdConn) Deliver(ev eventserver.Event) {
 	c.mu.Lock()
 	if c.closed {
@@ -235,100 +331,225 @@ func (c *stdConn) takeMailbox() []eventserver.Event {
 	return evs
 }
 
-// readFrames decodes frames and hands them to the session loop, which takes
-// the next one only when the session is not busy: until then the reader
-// waits and TCP flow control holds the peer back. A frame-level error is
-// passed on for the session to answer; the end of the stream closes frames.
-func (c *stdConn) readFrames() {
-	defer close(c.frames)
-	r := frame.NewReader(c.nc)
-	dec := frame.Decoder{MaxSize: c.srv.cfg.MaxFrame}
+// readBytes reads the socket and hands each chunk to run, waiting until run
+// has copied it; it closes data at the end of the stream.
+func (c *stdConn) readBytes() {
+	defer close(c.data)
+	buf := make([]byte, readBuffer)
 	for {
-		f, err := dec.Next(r)
-		if err != nil && !frameError(err) {
-			return // end of stream or a socket error: nothing for the session to answer
+		n, err := c.nc.Read(buf)
+		if n > 0 {
+			select {
+			case c.data <- buf[:n]:
+			case <-c.done:
+				return
+			}
+			select {
+			case <-c.taken:
+			case <-c.done:
+				return
+			}
 		}
-		select {
-		case c.frames <- eventserver.Received{Frame: f, Err: err}:
-		case <-c.done:
+		if err != nil {
 			return
-		}
-		if err != nil && f == nil {
-			return // the stream cannot be trusted past this frame
 		}
 	}
 }
 
-// frameError reports whether err is about the bytes the peer sent, as
-// opposed to the connection ending.
-func frameError(err error) bool {
-	var fe *frame.FieldError
-	return errors.As(err, &fe) || errors.Is(err, frame.ErrMalformed) || errors.Is(err, frame.ErrVersion) ||
-		errors.Is(err, frame.ErrTooLarge) || errors.Is(err, frame.ErrUnknownType)
-}
-
-// run is the session loop: it returns when the session asks to close or
-// the peer goes away.
+// run is the connection's loop: it returns when the session asks to close
+// or the peer goes away.
 func (c *stdConn) run() error {
-	timeout := time.NewTimer(c.srv.cfg.ReadTimeout)
-	defer timeout.Stop()
-	armed := true
+	c.timer = time.NewTimer(time.Hour)
+	c.timer.Stop()
+	defer c.timer.Stop()
+	c.rearm(time.Now(), false)
 	for {
-		var frames <-chan eventserver.Received
+		var data <-chan []byte
 		if !c.sess.Busy() && c.sess.State() != eventserver.Closed {
-			frames = c.frames
+			data = c.data
 		}
+		received, closing := false, false
 		select {
-		case rf, ok := <-frames:
+		case p, ok := <-data:
 			if !ok {
 				return io.EOF
 			}
-			if armed {
-				timeout.Stop()
-				armed = false
-			}
-			if close, err := c.do(c.sess.Step(rf)); close {
-				return err
-			}
+			c.in.add(p)
+			c.taken <- struct{}{}
+			received, closing = c.traffic()
 		case <-c.wake:
 			for _, ev := range c.takeMailbox() {
-				if close, err := c.do(c.sess.Step(ev)); close {
-					return err
+				if closing = c.do(c.sess.Step(ev)); closing {
+					break
 				}
 			}
-		case <-timeout.C:
-			armed = false
-			if close, err := c.do(c.sess.Step(eventserver.TimedOut{})); close {
-				return err
+			if !closing {
+				// A store answer frees a place in the window: frames
+				// already received may be decoded now.
+				received, closing = c.traffic()
+			}
+		case now := <-c.timer.C:
+			if !c.deadline.IsZero() && !now.Before(c.deadline) {
+				c.deadline = time.Time{}
+				closing = c.do(c.sess.Step(eventserver.TimedOut{}))
 			}
 		}
-		// The read deadline runs only while the session waits for the peer,
-		// counted from the last frame or from when the session stopped being busy.
-		switch expects := c.sess.Wait() != eventserver.WaitNone; {
-		case expects && !armed:
-			timeout.Reset(c.srv.cfg.ReadTimeout)
-			armed = true
-		case !expects && armed:
-			timeout.Stop()
-			armed = false
+		if err := c.flush(); err != nil {
+			return err
 		}
+		if closing {
+			return nil
+		}
+		c.rearm(time.Now(), received)
 	}
 }
 
-// do carries out a session's output and reports whether the connection
-// must close (with the write error, if that is why).
-func (c *stdConn) do(out eventserver.Output) (bool, error) {
-	wire, closing, err := c.srv.hub.Carry(c, c.sess, out, c.out[:0], frame.Append)
-	c.out = wire
-	if err != nil {
-		return true, err
-	}
-	if len(wire) > 0 {
-		if _, err := c.nc.Write(wire); err != nil {
-			return true, err
+// traffic sets up the transport when it is not, then decodes frames until
+// the window is full, no whole frame is held, or the connection must close.
+func (c *stdConn) traffic() (received, closing bool) {
+	if !c.started {
+		if ready, closing := c.begin(); closing || !ready {
+			return false, closing
 		}
 	}
-	return closing, nil
+	for !c.sess.Busy() && c.sess.State() != eventserver.Closed {
+		f, err := c.dec.Next(c.src)
+		if errors.Is(err, frame.ErrIncomplete) {
+			break
+		}
+		if err != nil && c.lost(err) {
+			c.srv.log.Warn("connection_lost", logging.Fail, zap.Uint32("agency", c.sess.Agency()),
+				zap.String("remote", c.remote), zap.Stringer("state", c.sess.State()), zap.Error(err))
+			c.sess.Step(eventserver.Hangup{})
+			return received, true
+		}
+		if c.sc != nil && !c.plain && !c.proven {
+			if a := c.sc.Agency(); a != 0 {
+				c.proven = true
+				c.sess.Step(eventserver.Authenticated{Agency: a})
+			}
+		}
+		received = true
+		if c.do(c.sess.Step(eventserver.Received{Frame: f, Err: err})) {
+			return received, true
+		}
+	}
+	return received, false
+}
+
+// begin looks at the first bytes: a plaintext server refuses a peer that
+// opens a handshake; a secured one answers message 1 with message 2, or
+// lets a plaintext peer PING. It reports whether frames may flow.
+func (c *stdConn) begin() (ready, closing bool) {
+	if c.sc == nil {
+		b, _ := c.in.Peek(1)
+		if len(b) == 0 {
+			return false, false
+		}
+		c.started = true
+		if b[0] == secure.KindHandshake1 {
+			return false, c.do(c.sess.Step(eventserver.Refused{Code: frame.CodeInsecureServer,
+				Reason: "this server runs --insecure and speaks plaintext; start the agency with --insecure, or give the server --keys"}))
+		}
+		return true, false
+	}
+	reply, err := c.sc.Handshake()
+	switch {
+	case errors.Is(err, frame.ErrIncomplete):
+		return false, false
+	case errors.Is(err, secure.ErrPlaintext):
+		c.started, c.plain = true, true
+		c.sess.Step(eventserver.Plaintext{})
+		return true, false
+	case err != nil:
+		code, reason := frame.CodeHandshake, "handshake failed: "+err.Error()
+		var uk *secure.UnknownKeyError
+		if errors.As(err, &uk) {
+			code = frame.CodeUnknownKey
+			reason = fmt.Sprintf("no agency has the key %s; ask the operator to add your agency's public key", uk.Key.Fingerprint())
+		}
+		return false, c.do(c.sess.Step(eventserver.Refused{Code: code, Reason: reason}))
+	}
+	c.out = append(c.out, reply...)
+	c.started, c.sealed, c.src = true, true, c.sc
+	return true, false
+}
+
+// lost reports whether a decoding error means the encrypted stream cannot
+// be trusted: the connection closes with no answer and nothing of it is stored.
+func (c *stdConn) lost(err error) bool {
+	return c.sealed && (errors.Is(err, secure.ErrDecrypt) || errors.Is(err, secure.ErrRecord) || errors.Is(err, secure.ErrExhausted))
+}
+
+// encode appends f in the connection's wire form: sealed into a transport
+// record once the handshake is done, as it is before (a refusal) and for a
+// plaintext peer.
+func (c *stdConn) encode(dst []byte, f frame.Frame) ([]byte, error) {
+	if !c.sealed {
+		return frame.Append(dst, f)
+	}
+	var err error
+	if c.scratch, err = frame.Append(c.scratch[:0], f); err != nil {
+		return dst, err
+	}
+	return c.sc.Seal(dst, c.scratch)
+}
+
+// do carries out a session's output, adding the frames to send to c.out,
+// and reports whether the connection must close once they are written.
+func (c *stdConn) do(out eventserver.Output) bool {
+	wire, closing, err := c.srv.hub.Carry(c, c.sess, out, c.out, c.encode)
+	c.out = wire
+	return closing || err != nil
+}
+
+// flush writes what the session said in one loop turn with one Write.
+func (c *stdConn) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := c.nc.Write(c.out)
+	if cap(c.out) > 16<<10 {
+		c.out = nil // do not keep a large buffer for a connection that is mostly idle
+	} else {
+		c.out = c.out[:0]
+	}
+	return err
+}
+
+// rearm sets the deadline for what the session waits for, as the gnet
+// server does: HELLO within the hello timeout of the connection's start, a
+// frame within the read timeout of the last one, a PING after the ping
+// interval of silence while waiting for the draw, its PONG within the
+// read timeout.
+func (c *stdConn) rearm(now time.Time, received bool) {
+	cfg := &c.srv.cfg
+	w := c.sess.Wait()
+	changed := w != c.wait
+	c.wait = w
+	keep := !received && !changed && !c.deadline.IsZero()
+	var at time.Time
+	switch w {
+	case eventserver.WaitNone:
+	case eventserver.WaitHello:
+		at = c.opened.Add(cfg.HelloTimeout) // frames before HELLO (PINGs) do not extend it
+	case eventserver.WaitFrame:
+		at = now.Add(cfg.ReadTimeout)
+	case eventserver.WaitIdle:
+		at = now.Add(cfg.PingInterval)
+	case eventserver.WaitPong:
+		keep = !changed && !c.deadline.IsZero() // only the PONG ends this wait
+		at = now.Add(cfg.ReadTimeout)
+	}
+	if keep || at.Equal(c.deadline) {
+		return
+	}
+	c.deadline = at
+	if at.IsZero() {
+		c.timer.Stop()
+		return
+	}
+	c.timer.Reset(at.Sub(now))
 }
 
 // close ends the connection and forgets it.
@@ -344,12 +565,23 @@ func (c *stdConn) close(err error) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.hub.Leave(c, c.sess.Agency())
+	state := c.sess.State()
+	c.sess.Step(eventserver.Hangup{})
 	fields := []zap.Field{logging.Success, zap.Uint32("agency", c.sess.Agency()), zap.String("remote", c.remote),
-		zap.Stringer("state", c.sess.State())}
+		zap.Stringer("state", state)}
+	if n := c.in.held(); n > 0 && state != eventserver.Closed {
+		// A peer that leaves mid-frame loses those bytes: say so with a fail line.
+		fields[0] = logging.Fail
+		fields = append(fields, zap.Int("unread_bytes", n))
+	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		fields = append(fields, zap.Error(err))
 	}
-	s.log.Info("connection_closed", fields...)
+	if c.sess.Agency() == 0 {
+		s.log.Debug("connection_closed", fields...) // a health check's PING, say
+	} else {
+		s.log.Info("connection_closed", fields...)
+	}
 	if s.count.Add(-1) == 0 && s.draining.Load() {
 		select {
 		case s.idle <- struct{}{}:

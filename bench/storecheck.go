@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/receipt"
 )
 
 // storeStats is what a run left in the server's data directory.
@@ -19,33 +21,68 @@ type storeStats struct {
 	Commits, BetCommits int
 }
 
-// checkStore reads bets.csv back and fails with ErrBrokenRun unless every
-// agency 1..agencies holds exactly betsPerAgency rows.
-func checkStore(dir string, agencies, betsPerAgency int) (storeStats, error) {
+// agencyWant is what the store must hold of one agency: its bets, whose
+// chain (over the rows in stream order) is Chain.
+type agencyWant struct {
+	Bets  int64
+	Chain frame.Hash
+}
+
+// wantFromSets is what k agencies uploading sets leave in the store.
+func wantFromSets(sets []*dataset, k int) []agencyWant {
+	want := make([]agencyWant, k)
+	for i := range want {
+		ds := sets[i%len(sets)]
+		want[i] = agencyWant{Bets: int64(ds.bets), Chain: ds.final}
+	}
+	return want
+}
+
+// wantFromBets is what an agency that sent bets leaves in the store.
+func wantFromBets(bets []frame.Bet) agencyWant {
+	return agencyWant{Bets: int64(len(bets)), Chain: receipt.ChainOf(bets)}
+}
+
+// checkStore reads bets.csv back and fails with ErrBrokenRun unless agency
+// i+1 holds exactly want[i].Bets rows whose chain is want[i].Chain: every
+// bet stored, none twice, none changed, in stream order, and no other agency.
+func checkStore(dir string, want []agencyWant) (storeStats, error) {
 	path := filepath.Join(dir, filestore.BetsFile)
 	f, err := os.Open(path)
 	if err != nil {
 		return storeStats{}, fmt.Errorf("check store: %w", err)
 	}
 	defer f.Close()
-	perAgency := make([]int64, agencies+1)
+	chains := make([]*receipt.Chain, len(want))
+	for i := range chains {
+		chains[i] = receipt.NewChain()
+	}
 	var st storeStats
 	for b, err := range filestore.LoadBets(f) {
 		if err != nil {
 			return st, fmt.Errorf("%w: %s: %w", ErrBrokenRun, path, err)
 		}
-		if b.Agency < 1 || int(b.Agency) > agencies {
-			return st, fmt.Errorf("%w: %s holds a bet of agency %d, outside 1..%d", ErrBrokenRun, path, b.Agency, agencies)
+		if b.Agency < 1 || int(b.Agency) > len(want) {
+			return st, fmt.Errorf("%w: %s holds a bet of agency %d, outside 1..%d", ErrBrokenRun, path, b.Agency, len(want))
 		}
-		perAgency[b.Agency]++
+		chains[b.Agency-1].Add(&b.Bet)
 		st.Rows++
 	}
-	if want := int64(agencies) * int64(betsPerAgency); st.Rows != want {
-		return st, fmt.Errorf("%w: %s holds %d bets, want %d (%d agencies × %d)", ErrBrokenRun, path, st.Rows, want, agencies, betsPerAgency)
+	var total int64
+	for _, w := range want {
+		total += w.Bets
 	}
-	for a := 1; a <= agencies; a++ {
-		if perAgency[a] != int64(betsPerAgency) {
-			return st, fmt.Errorf("%w: %s holds %d bets of agency %d, want %d", ErrBrokenRun, path, perAgency[a], a, betsPerAgency)
+	if st.Rows != total {
+		return st, fmt.Errorf("%w: %s holds %d bets, want %d", ErrBrokenRun, path, st.Rows, total)
+	}
+	for i, w := range want {
+		c := chains[i]
+		if int64(c.Len()) != w.Bets {
+			return st, fmt.Errorf("%w: %s holds %d bets of agency %d, want %d", ErrBrokenRun, path, c.Len(), i+1, w.Bets)
+		}
+		if got := c.Sum(); got != w.Chain {
+			return st, fmt.Errorf("%w: %s: the chain over agency %d's %d rows is %x, the bets it sent give %x",
+				ErrBrokenRun, path, i+1, w.Bets, got, w.Chain)
 		}
 	}
 	if info, err := f.Stat(); err == nil {
@@ -60,9 +97,13 @@ func checkStore(dir string, agencies, betsPerAgency int) (storeStats, error) {
 	return st, nil
 }
 
-// countCommits walks the store's journal (records of u32 length, u32 CRC,
-// then a payload starting with the committed bets.csv offset, see package
-// persist) and counts its records and those that moved the offset.
+// journalFormat is the format byte of the journal records countCommits reads.
+const journalFormat = 2
+
+// countCommits walks the store's journal (records of u32 payload length,
+// u32 CRC, then a payload starting with a format byte and the committed
+// bets.csv offset, see package persist/filestore) and counts its records
+// and those that moved the offset.
 func countCommits(b []byte) (commits, betCommits int, err error) {
 	var offset uint64
 	for len(b) > 0 {
@@ -70,10 +111,13 @@ func countCommits(b []byte) (commits, betCommits int, err error) {
 			return 0, 0, errors.New("journal: torn record header")
 		}
 		n := int(binary.BigEndian.Uint32(b))
-		if n < 8 || n > len(b)-8 {
+		if n < 9 || n > len(b)-8 {
 			return 0, 0, errors.New("journal: torn record")
 		}
-		next := binary.BigEndian.Uint64(b[8:])
+		if b[8] != journalFormat {
+			return 0, 0, fmt.Errorf("journal: record format %d, this reader knows %d", b[8], journalFormat)
+		}
+		next := binary.BigEndian.Uint64(b[9:])
 		commits++
 		if next > offset {
 			betCommits++

@@ -30,44 +30,55 @@ type panel struct {
 	Series []series
 }
 
-// Colors of the lines, by impl.
-var implColors = map[string]string{ImplGnet: "#1f77b4", ImplStdlib: "#d62728"}
+// Colors of the lines, by variant: the main ones strong, --insecure ones light.
+var variantColors = map[string]string{
+	ImplGnet: "#1f77b4", ImplStdlib: "#d62728",
+	ImplGnet + " insecure": "#7fb2dc", ImplStdlib + " insecure": "#ec9191",
+}
 
-// WriteSVG draws throughput, memory per connection and draw latency against
-// the number of agencies (log scale), one line per server; the throughput
-// panel also shows the machine's ceiling when it was measured, and the
-// memory panel both the waiting (solid) and the idle (dotted) measure.
+// WriteSVG draws throughput, memory per connection, draw latency and the
+// reconnect storm against the number of agencies (log scale), one line per
+// server variant (runs with metrics on are left out); the throughput panel
+// also shows the machine's ceiling when it was measured, and the memory
+// panel both the waiting (solid) and the idle (dotted) measure.
 func (r *Report) WriteSVG(w io.Writer) error {
 	return writeChart(w, "Event servers vs agencies", chartPanels(r.Runs, &r.Limits))
 }
 
-// chartPanels turns runs into the three panels of the chart.
+// chartPanels turns runs into the panels of the chart; the storm panel only
+// when some run had a storm.
 func chartPanels(runs []RunResult, limits *Limits) []panel {
 	panels := []panel{
 		{Title: "Durable throughput", YLabel: "bets/s"},
 		{Title: "Server memory per connection", YLabel: "KiB"},
 		{Title: "Last FINISHED to last WINNERS", YLabel: "ms"},
+		{Title: "Reconnect storm after a restart", YLabel: "s to the last WELCOME"},
 	}
-	var impls []string
+	var names []string
 	var ks []float64
 	var idleSeries []series
+	storms := false
 	for _, r := range runs {
-		if !slices.Contains(impls, r.Impl) {
-			impls = append(impls, r.Impl)
+		if r.Metrics {
+			continue
+		}
+		if name := r.variant().String(); !slices.Contains(names, name) {
+			names = append(names, name)
 		}
 		if !slices.Contains(ks, float64(r.Agencies)) {
 			ks = append(ks, float64(r.Agencies))
 		}
+		storms = storms || r.StormSec > 0
 	}
 	slices.Sort(ks)
-	for _, impl := range impls {
-		color := implColors[impl]
+	for _, name := range names {
+		color := variantColors[name]
 		if color == "" {
 			color = "#555555"
 		}
-		var tp, mem, idle, draw []point
+		var tp, mem, idle, draw, storm []point
 		for _, r := range runs {
-			if r.Impl != impl {
+			if r.Metrics || r.variant().String() != name {
 				continue
 			}
 			x := float64(r.Agencies)
@@ -75,14 +86,20 @@ func chartPanels(runs []RunResult, limits *Limits) []panel {
 			mem = append(mem, point{x, r.RSSPerWaitingConnBytes / 1024})
 			idle = append(idle, point{x, r.RSSPerIdleConnBytes / 1024})
 			draw = append(draw, point{x, r.DrawToLastWinnersMs})
+			if r.StormSec > 0 {
+				storm = append(storm, point{x, r.StormSec})
+			}
 		}
-		for _, pts := range [][]point{tp, mem, idle, draw} {
+		for _, pts := range [][]point{tp, mem, idle, draw, storm} {
 			slices.SortFunc(pts, func(a, b point) int { return cmpFloat(a.X, b.X) })
 		}
-		panels[0].Series = append(panels[0].Series, series{Name: impl, Color: color, Points: tp})
-		panels[1].Series = append(panels[1].Series, series{Name: impl, Color: color, Points: mem})
-		panels[2].Series = append(panels[2].Series, series{Name: impl, Color: color, Points: draw})
-		idleSeries = append(idleSeries, series{Name: impl + " idle (after HELLO)", Color: color, Dotted: true, Points: idle})
+		panels[0].Series = append(panels[0].Series, series{Name: name, Color: color, Points: tp})
+		panels[1].Series = append(panels[1].Series, series{Name: name, Color: color, Points: mem})
+		panels[2].Series = append(panels[2].Series, series{Name: name, Color: color, Points: draw})
+		if len(storm) > 0 {
+			panels[3].Series = append(panels[3].Series, series{Name: name, Color: color, Points: storm})
+		}
+		idleSeries = append(idleSeries, series{Name: name + " idle (after HELLO)", Color: color, Dotted: true, Points: idle})
 	}
 	panels[1].Series = append(panels[1].Series, idleSeries...)
 	if limits.CeilingBetsPerSec > 0 && len(ks) > 0 {
@@ -91,6 +108,9 @@ func chartPanels(runs []RunResult, limits *Limits) []panel {
 			pts[i] = point{k, limits.ceiling(int(k))}
 		}
 		panels[0].Series = append(panels[0].Series, series{Name: "machine ceiling", Color: "#777777", Dashed: true, Points: pts})
+	}
+	if !storms {
+		panels = panels[:3]
 	}
 	return panels
 }
@@ -110,23 +130,29 @@ const (
 	panelW, panelH           = 420, 320
 	marginL, marginR         = 72, 16
 	marginT, marginB         = 34, 46
-	legendH                  = 52
+	legendH                  = 52 // with one line of legend
+	legendLine               = 18
 	plotW                    = panelW - marginL - marginR
 	plotH                    = panelH - marginT - marginB
 	chartFont                = "font-family=\"sans-serif\""
 	chartMinX, chartMinRange = 1.0, 0.5
 )
 
-// writeChart writes the panels side by side as one SVG document.
+// chartColumns is how many panels a row of the chart holds at most.
+const chartColumns = 3
+
+// writeChart writes the panels as one SVG document, up to chartColumns
+// side by side, in as many rows as needed (2 by 2 for four).
 func writeChart(w io.Writer, title string, panels []panel) error {
 	var b bytes.Buffer
-	width := panelW * max(len(panels), 1)
-	height := legendH + panelH
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" %s font-size="12">`+"\n",
-		width, height, width, height, chartFont)
-	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
-	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="16" font-weight="bold">%s</text>`+"\n", 10, esc(title))
-	// One legend for every panel: the series names in order of appearance.
+	cols := max(min(len(panels), chartColumns), 1)
+	if len(panels) == 4 {
+		cols = 2
+	}
+	rows := max((len(panels)+cols-1)/cols, 1)
+	width := panelW * cols
+	// One legend for every panel: the series names in order of appearance,
+	// wrapped to the chart's width.
 	var names []series
 	for _, p := range panels {
 		for _, s := range p.Series {
@@ -135,14 +161,32 @@ func writeChart(w io.Writer, title string, panels []panel) error {
 			}
 		}
 	}
-	lx := 10
+	type entry struct {
+		s    series
+		x, y int
+	}
+	var legend []entry
+	lx, ly := 10, 38
 	for _, s := range names {
-		fmt.Fprintf(&b, `<line x1="%d" y1="38" x2="%d" y2="38" stroke="%s" stroke-width="2.5"%s/>`, lx, lx+24, s.Color, dash(s))
-		fmt.Fprintf(&b, `<text x="%d" y="42">%s</text>`+"\n", lx+30, esc(s.Name))
-		lx += 40 + 7*len(s.Name)
+		w := 40 + 7*len(s.Name)
+		if lx > 10 && lx+w > width {
+			lx, ly = 10, ly+legendLine
+		}
+		legend = append(legend, entry{s, lx, ly})
+		lx += w
+	}
+	top := legendH + ly - 38
+	height := top + panelH*rows
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" %s font-size="12">`+"\n",
+		width, height, width, height, chartFont)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
+	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="16" font-weight="bold">%s</text>`+"\n", 10, esc(title))
+	for _, e := range legend {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2.5"%s/>`, e.x, e.y, e.x+24, e.y, e.s.Color, dash(e.s))
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", e.x+30, e.y+4, esc(e.s.Name))
 	}
 	for i, p := range panels {
-		writePanel(&b, p, float64(i*panelW), legendH)
+		writePanel(&b, p, float64((i%cols)*panelW), float64(top+(i/cols)*panelH))
 	}
 	b.WriteString("</svg>\n")
 	_, err := w.Write(b.Bytes())

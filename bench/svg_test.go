@@ -195,3 +195,71 @@ func TestNiceStepAndCompact(t *testing.T) {
 		t.Errorf("esc = %q", got)
 	}
 }
+
+// TestSVGStormPanelAndVariants adds storms, insecure runs and a metrics run
+// to the scale runs: four panels two by two, one line per variant, the
+// metrics run left out, every point on the canvas.
+func TestSVGStormPanelAndVariants(t *testing.T) {
+	var runs []RunResult
+	for _, r := range scaleRuns() {
+		r.Security = Secure
+		r.StormSec = float64(r.Agencies) / 2000
+		runs = append(runs, r)
+		if r.Impl == ImplGnet {
+			r.Security, r.BetsPerSec = Insecure, r.BetsPerSec*1.1
+			runs = append(runs, r)
+			r.Security, r.Metrics = Secure, true
+			runs = append(runs, r)
+		}
+	}
+	r := &Report{Runs: runs, Limits: Limits{CeilingBetsPerSec: 600000}}
+	var buf bytes.Buffer
+	if err := r.WriteSVG(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var doc svgDoc
+	if err := xml.Unmarshal(buf.Bytes(), &doc); err != nil {
+		t.Fatalf("SVG is not XML: %v", err)
+	}
+	if len(doc.Panels) != 4 || doc.Width != 2*panelW || doc.Height <= 2*panelH {
+		t.Fatalf("%d panels on %dx%d, want 4 two by two", len(doc.Panels), doc.Width, doc.Height)
+	}
+	var names []string
+	for _, l := range doc.Panels[3].Lines {
+		names = append(names, l.Name)
+	}
+	if strings.Join(names, ",") != "gnet,gnet insecure,stdlib" {
+		t.Errorf("storm panel lines %v, want gnet, gnet insecure, stdlib (no metrics run)", names)
+	}
+	if n := len(doc.Panels[0].Lines); n != 4 {
+		t.Errorf("throughput panel has %d lines, want 3 variants and the ceiling", n)
+	}
+	for i, p := range doc.Panels {
+		for _, l := range p.Lines {
+			for _, pt := range parsePoints(t, l.Points) {
+				if pt[0] < 0 || pt[0] > float64(doc.Width) || pt[1] < 0 || pt[1] > float64(doc.Height) {
+					t.Errorf("panel %d line %s point %v outside the %dx%d canvas", i, l.Name, pt, doc.Width, doc.Height)
+				}
+			}
+		}
+	}
+	// The bottom row (draw, storm) sits below the top one (throughput, memory).
+	lowestTop, highestBottom := 0.0, float64(doc.Height)
+	for i, p := range doc.Panels {
+		for _, l := range p.Lines {
+			for _, pt := range parsePoints(t, l.Points) {
+				if i < 2 {
+					lowestTop = max(lowestTop, pt[1])
+				} else {
+					highestBottom = min(highestBottom, pt[1])
+				}
+			}
+		}
+	}
+	if highestBottom <= lowestTop {
+		t.Errorf("a bottom-row point at y %v is not below every top-row point (lowest %v)", highestBottom, lowestTop)
+	}
+	if !strings.Contains(buf.String(), "Reconnect storm") {
+		t.Error("no storm panel title")
+	}
+}

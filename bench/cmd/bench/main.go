@@ -1,6 +1,8 @@
 // Command bench measures the gnet event server and a goroutine-per-connection
-// baseline with thousands of concurrent agencies on loopback, next to the
-// machine's own limits, and checks every run's result before reporting it.
+// baseline with thousands of concurrent agencies on loopback, both at their
+// defaults (secured, default log level and window), next to the machine's
+// own limits; it also times real bin/agency processes end to end, and
+// checks every run's result before reporting it.
 //
 //	bench [flags]                 run the benchmark (see --help)
 //	bench serve-stdlib [flags]    run the baseline server (started by bench itself)
@@ -46,18 +48,32 @@ func main() {
 func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	agencies := fs.String("agencies", "2000", "concurrent agencies (connections); a comma list runs each, e.g. 10,100,1000")
+	agencies := fs.String("agencies", "2000", "concurrent agencies (connections); a comma list runs each, e.g. 10,100,1000; "+
+		"none runs only the end-to-end workloads")
 	bets := fs.Int("bets", 1000, "bets per agency")
 	totalBets := fs.Int("total-bets", 0, "if set, bets per agency is this divided by the agencies, so every K moves the same bets")
 	batch := fs.Int("batch", 100, "bets per BETS frame")
 	impls := fs.String("impl", "gnet,stdlib", "servers to measure, in order: gnet, stdlib")
+	insecure := fs.Bool("insecure", false, "run the servers --insecure and the agencies in plaintext (default: secured, with keys)")
+	compareInsecure := fs.Bool("compare-insecure", false, "also run every server --insecure at each K, to measure what encryption costs")
+	compareMetrics := fs.Bool("compare-metrics", false, "also run gnet with --metrics-listen at each K, and check /metrics at the end")
+	stormOn := fs.Bool("storm", true, "after each run, restart the server on its data and reconnect every agency at once")
+	stormConc := fs.Int("storm-concurrency", 512, "connections opened at once in a reconnect storm (the server admits 1024 before HELLO by default)")
+	repeat := fs.Int("repeat", 1, "runs of each server at each K, taking turns; the median by bets/s is reported")
+	courseReps := fs.Int("course-reps", 0, "repetitions of the course-shaped end-to-end run (5 real bin/agency processes); 0: none")
+	bigBets := fs.Int("big-bets", 0, "bets of each agency of the two-agency end-to-end run (e.g. 2000000); 0: none")
+	bigReps := fs.Int("big-reps", 1, "repetitions of the two-agency end-to-end run")
 	jsonOut := fs.String("json", "", "write the report as JSON to this file")
 	tableOut := fs.String("table", "", "also write the table to this file")
-	svgOut := fs.String("svg", "", "write a chart (SVG) of throughput, memory per connection and draw latency vs agencies")
+	svgOut := fs.String("svg", "", "write a chart (SVG) of throughput, memory per connection, draw latency and reconnect storm vs agencies")
 	serverBin := fs.String("server-bin", "bin/eventserver", "the gnet event server binary")
-	dataDir := fs.String("data-dir", filepath.Join("bench", "results", "tmp"), "base directory for each run's fresh data directory (must be a real disk for fsync to count)")
-	keep := fs.Bool("keep-data", false, "keep each run's data directory and server log")
-	logLevel := fs.String("server-log-level", "warn", "log level of the servers under test (their logs go to server.log in the run directory)")
+	agencyBin := fs.String("agency-bin", "bin/agency", "the agency binary, for the end-to-end runs")
+	keygenBin := fs.String("keygen-bin", "bin/keygen", "the key generator; empty: the keys must already be in DATA_DIR/keys")
+	gendataBin := fs.String("gendata-bin", "bin/gendata", "the synthetic data generator, for the end-to-end runs")
+	dataDir := fs.String("data-dir", filepath.Join("bench", "results", "tmp"), "base directory for each run's fresh data directory, "+
+		"the keys and the end-to-end files (must be a real disk for fsync to count)")
+	keep := fs.Bool("keep-data", false, "keep each run's data directory and logs")
+	logLevel := fs.String("server-log-level", "", "log level of the servers under test (default: theirs, info); their logs go to the run directory")
 	distinct := fs.Int("distinct", 64, "distinct synthetic agencies generated; agencies beyond share their bets")
 	seed := fs.Int64("seed", 1, "seed of the synthetic bets")
 	winning := fs.Int("winning-number", eventserver.DefaultWinningNumber, "the draw's winning number")
@@ -70,8 +86,10 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	quiet := fs.Bool("quiet", false, "no progress display")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [flags]\n"+
-			"Starts each server as a child process on 127.0.0.1 with a fresh data directory, drives the agencies,\n"+
-			"checks the stored bets and the winners, and prints a table (--json, --svg for files).\n"+
+			"Starts each server as a child process on 127.0.0.1 with a fresh data directory, at its defaults (secured with\n"+
+			"keys bin/keygen writes, default log level and window), drives the agencies, checks the stored bets and the\n"+
+			"winners, restarts the server for a reconnect storm, and prints a table (--json, --svg for files). With\n"+
+			"--course-reps or --big-bets it also times real bin/agency processes end to end.\n"+
 			"(bench serve-stdlib [flags] runs the baseline server; bench starts it itself.)\n\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
@@ -85,7 +103,11 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	ks, err := parseInts(*agencies)
+	var ks []int
+	var err error
+	if *agencies != "none" {
+		ks, err = parseInts(*agencies)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: --agencies: %v\n", err)
 		return 2
@@ -100,25 +122,37 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		return 1
 	}
 	opts := bench.Options{
-		Impls:           splitList(*impls),
-		Agencies:        ks,
-		Bets:            *bets,
-		TotalBets:       *totalBets,
-		Batch:           *batch,
-		Distinct:        *distinct,
-		WinningNumber:   uint16(*winning),
-		Seed:            *seed,
-		ServerBin:       *serverBin,
-		SelfBin:         self,
-		DataDir:         *dataDir,
-		KeepData:        *keep,
-		ServerLogLevel:  *logLevel,
-		DialConcurrency: *dialConc,
-		Timeout:         *timeout,
-		LoopbackBytes:   *loopback,
-		DiskBlock:       *diskBlock,
-		DiskTime:        *diskTime,
-		SkipLimits:      *skipLimits,
+		Impls:            splitList(*impls),
+		Agencies:         ks,
+		Bets:             *bets,
+		TotalBets:        *totalBets,
+		Batch:            *batch,
+		Distinct:         *distinct,
+		WinningNumber:    uint16(*winning),
+		Seed:             *seed,
+		ServerBin:        *serverBin,
+		SelfBin:          self,
+		AgencyBin:        *agencyBin,
+		KeygenBin:        *keygenBin,
+		GendataBin:       *gendataBin,
+		DataDir:          *dataDir,
+		KeepData:         *keep,
+		ServerLogLevel:   *logLevel,
+		Insecure:         *insecure,
+		CompareInsecure:  *compareInsecure,
+		CompareMetrics:   *compareMetrics,
+		Storm:            *stormOn,
+		StormConcurrency: *stormConc,
+		Repeat:           *repeat,
+		CourseReps:       *courseReps,
+		BigBets:          *bigBets,
+		BigReps:          *bigReps,
+		DialConcurrency:  *dialConc,
+		Timeout:          *timeout,
+		LoopbackBytes:    *loopback,
+		DiskBlock:        *diskBlock,
+		DiskTime:         *diskTime,
+		SkipLimits:       *skipLimits,
 	}
 	if !*quiet {
 		opts.Log = stderr
@@ -126,7 +160,7 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 			opts.TTY = bench.IsTerminal(f)
 		}
 	}
-	if _, err := logging.ParseLevel(*logLevel); err != nil {
+	if _, err := logging.ParseLevel(*logLevel); *logLevel != "" && err != nil {
 		fmt.Fprintf(stderr, "bench: --server-log-level: %v\n", err)
 		return 2
 	}

@@ -28,7 +28,11 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"--no-such-flag"},
 		{"extra-argument"},
 		{"--impl", "nginx", "--data-dir", "DATA"},
-		{"--bets", "0", "--data-dir", "DATA"},
+		{"--impl", "stdlib", "--bets", "0", "--data-dir", "DATA"},
+		// stdlib needs no binary but this one: each of these fails on its own flag.
+		{"--impl", "stdlib", "--agencies", "none", "--data-dir", "DATA"}, // nothing to run
+		{"--impl", "stdlib", "--repeat", "0", "--insecure", "--data-dir", "DATA"},
+		{"--impl", "stdlib", "--course-reps", "1", "--agency-bin", "/nonexistent/agency", "--data-dir", "DATA"},
 	} {
 		for i, a := range args {
 			if a == "DATA" {
@@ -39,8 +43,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		if code := runBench(args, &stdout, &stderr, nil); code != 2 {
 			t.Errorf("bench %s: exit %d, want 2 (stderr %q)", strings.Join(args, " "), code, stderr.String())
 		}
-		if stderr.Len() == 0 {
-			t.Errorf("bench %s: nothing said on stderr", strings.Join(args, " "))
+		if stderr.Len() == 0 || strings.Contains(stderr.String(), "--server-bin") {
+			t.Errorf("bench %s: stderr %q, want a message about its own flag", strings.Join(args, " "), stderr.String())
 		}
 	}
 }
