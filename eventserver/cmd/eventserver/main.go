@@ -107,6 +107,8 @@ func ready(srv *eventserver.Server) error {
 		return errors.New("draining after a signal")
 	case srv.Store().Err() != nil:
 		return fmt.Errorf("store failed: %w", srv.Store().Err())
+	case srv.Store().Unavailable() != nil:
+		return fmt.Errorf("store unreachable: %w", srv.Store().Unavailable())
 	}
 	select {
 	case <-srv.Ready():
