@@ -313,7 +313,7 @@ func (h *Hub) draw() error {
 		bets += held
 	}
 	tree := receipt.NewTree(leaves)
-	origin := "this_server"
+	statementOf := "computed" // "adopted" when the store kept another server's
 	c := receipt.Commitment{Lottery: h.store.Lottery(), Agencies: uint32(n), Root: tree.Root()}
 	c.Sign(h.sign)
 	statement, err := receipt.Statement{Commitment: c, Leaves: leaves}.MarshalJSON()
@@ -346,7 +346,7 @@ func (h *Hub) draw() error {
 		for _, l := range leaves {
 			bets += l.Bets
 		}
-		origin = "store"
+		statementOf = "adopted"
 	}
 	h.mu.Lock()
 	if h.closed {
@@ -362,7 +362,7 @@ func (h *Hub) draw() error {
 	}
 	took := time.Since(start)
 	h.obs.Drawn(took)
-	h.log.Info("sorteo", logging.Success, zap.String("statement", origin), zap.Int("agencies", n), zap.Uint64("bets", bets),
+	h.log.Info("sorteo", logging.Success, zap.String("statement", statementOf), zap.Int("agencies", n), zap.Uint64("bets", bets),
 		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
 		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took))
 	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {

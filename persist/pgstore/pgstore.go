@@ -468,7 +468,7 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit: %w", err)
+		return 0, fmt.Errorf("COMMIT: %w", err)
 	}
 	if err := s.fault("committed"); err != nil {
 		return 0, err

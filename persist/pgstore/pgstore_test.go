@@ -250,8 +250,8 @@ func TestTwoWritersOneDatabase(t *testing.T) {
 	}
 }
 
-// transientErr stands for a connection lost at a given step.
-var transientErr = fmt.Errorf("fault: %w", io.ErrUnexpectedEOF)
+// errTransient stands for a connection lost at a given step.
+var errTransient = fmt.Errorf("fault: %w", io.ErrUnexpectedEOF)
 
 func TestAmbiguousCommitIsReloaded(t *testing.T) {
 	url := pgtest.NewDatabase(t)
@@ -263,7 +263,7 @@ func TestAmbiguousCommitIsReloaded(t *testing.T) {
 			defer mu.Unlock()
 			if step == failAt {
 				failAt = ""
-				return transientErr
+				return errTransient
 			}
 			return nil
 		}

@@ -142,6 +142,12 @@ type deployment struct {
 func newDeployment(t *testing.T, l *lottery) *deployment {
 	d := &deployment{t: t, bin: binaries(t), l: l, logs: t.TempDir()}
 	t.Cleanup(func() {
+		if keep := os.Getenv("LOTERIA_E2E_LOGS"); keep != "" { // keep every process's log, to read them
+			dst := filepath.Join(keep, t.Name())
+			if err := os.MkdirAll(dst, 0o755); err == nil {
+				_ = os.CopyFS(dst, os.DirFS(d.logs))
+			}
+		}
 		if !t.Failed() {
 			return
 		}
@@ -242,6 +248,20 @@ func (d *deployment) finish(supervise func()) string {
 		}
 	}
 	return root
+}
+
+// sameDraw checks that every running server published the draw, with the
+// root the agencies got, whether it drew itself or learnt of it.
+func (d *deployment) sameDraw(root string) {
+	d.t.Helper()
+	for _, f := range d.fronts {
+		waitFor(d.t, 10*time.Second, f.p.name+" to publish the draw with root "+root, func() bool {
+			return len(find(f.p.lines(), "sorteo", "success", "root", root)) == 1
+		})
+		if n := len(find(f.p.lines(), "sorteo", "success")); n != 1 {
+			d.t.Errorf("%s logged %d sorteo success lines, want 1", f.p.name, n)
+		}
+	}
 }
 
 // stopFronts stops every server with SIGTERM and expects clean exits.
@@ -357,8 +377,9 @@ func TestFrontEndKilledMidUpload(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	d.start(a)
 	start := time.Now()
-	d.finish(nil)
+	root := d.finish(nil)
 	t.Logf("agencies finished %v after the restart", time.Since(start).Round(time.Millisecond))
+	d.sameDraw(root)
 	// The agencies that started on the killed server went on through the other one.
 	for id := 1; id <= agencies; id += 2 {
 		if len(find(d.ag[id-1].lines(), "connect", "in_progress", "next", b.addr)) == 0 {
@@ -398,7 +419,7 @@ func TestDatabaseCrashMidUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	restarts := 0
-	d.finish(func() {
+	root := d.finish(func() {
 		for _, f := range d.fronts {
 			if f.p.exited() {
 				restarts++
@@ -407,6 +428,7 @@ func TestDatabaseCrashMidUpload(t *testing.T) {
 		}
 	})
 	t.Logf("servers restarted by the test: %d", restarts)
+	d.sameDraw(root)
 	storage := 0
 	for _, p := range d.ag {
 		for _, l := range find(p.lines(), "connect", "in_progress") {
