@@ -23,6 +23,7 @@ var ErrBrokenRun = errors.New("server under test misbehaved")
 // driveConfig says how drive runs the agencies against one server.
 type driveConfig struct {
 	Addr            string
+	Addrs           []string // when set, agency a connects to Addrs[(a-1) % len(Addrs)] instead of Addr
 	Agencies        int
 	Sets            []*dataset // agency a uploads Sets[(a-1) % len(Sets)]
 	Sources         []net.IP   // client source addresses; nil lets the kernel choose
@@ -224,10 +225,14 @@ func (d *driver) agency(ctx context.Context, id uint32) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
-	nc, err := d.dialer(id).DialContext(ctx, "tcp", d.cfg.Addr)
+	addr := d.cfg.Addr
+	if n := len(d.cfg.Addrs); n > 0 {
+		addr = d.cfg.Addrs[int(id-1)%n]
+	}
+	nc, err := d.dialer(id).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		<-d.sem
-		return fmt.Errorf("agency %d: connect to %s: %w", id, d.cfg.Addr, err)
+		return fmt.Errorf("agency %d: connect to %s: %w", id, addr, err)
 	}
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
@@ -292,6 +297,11 @@ func (d *driver) agency(ctx context.Context, id uint32) error {
 		if err != nil {
 			return err
 		}
+		if _, ok := reply.(*frame.Receipt); ok { // protocol 2 answers FINISHED with a RECEIPT first
+			if reply, err = c.read(); err != nil {
+				return err
+			}
+		}
 		// Not every agency has finished, so the draw cannot have happened.
 		if _, ok := reply.(*frame.NotReady); !ok {
 			return c.unexpected(reply, "NOT_READY (the last agency has not finished)")
@@ -307,7 +317,7 @@ func (d *driver) agency(ctx context.Context, id uint32) error {
 			return err
 		}
 		switch f := f.(type) {
-		case *frame.NotReady, *frame.Pong:
+		case *frame.NotReady, *frame.Pong, *frame.Receipt, *frame.Commitment:
 			continue
 		case *frame.Winners:
 			docs = append(docs, f.Documents...)

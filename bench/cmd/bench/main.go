@@ -68,6 +68,10 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	diskTime := fs.Duration("disk-time", 2*time.Second, "how long the disk test runs")
 	skipLimits := fs.Bool("skip-limits", false, "do not measure loopback and disk limits")
 	quiet := fs.Bool("quiet", false, "no progress display")
+	store := fs.String("store", "", "measure the PostgreSQL store instead: postgres://... of a database bench may CREATE DATABASE next to "+
+		"(a fresh one per run), or \"temp\" for a throwaway cluster; runs K agencies against the file store, then against --fronts event servers on one database")
+	fronts := fs.String("fronts", "1,2", "with --store: front ends (event servers) sharing the database, a comma list runs each")
+	fileToo := fs.Bool("file-store", true, "with --store: also run the file store, for comparison")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [flags]\n"+
 			"Starts each server as a child process on 127.0.0.1 with a fresh data directory, drives the agencies,\n"+
@@ -93,6 +97,18 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	if *winning < 0 || *winning > frame.MaxNumber {
 		fmt.Fprintf(stderr, "bench: --winning-number must be from 0 to %d, got %d\n", frame.MaxNumber, *winning)
 		return 2
+	}
+	if *store != "" {
+		ns, err := parseInts(*fronts)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: --fronts: %v\n", err)
+			return 2
+		}
+		return runScaleOut(bench.ScaleOutOptions{
+			Store: *store, Fronts: ns, FileStore: *fileToo, Agencies: ks, Bets: *bets, Batch: *batch, Distinct: *distinct,
+			WinningNumber: uint16(*winning), Seed: *seed, ServerBin: *serverBin, DataDir: *dataDir, KeepData: *keep,
+			ServerLogLevel: *logLevel, Timeout: *timeout,
+		}, *quiet, *jsonOut, *tableOut, stdout, stderr, sigs)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -217,4 +233,53 @@ func parseInts(s string) ([]int, error) {
 		return nil, errors.New("no value")
 	}
 	return out, nil
+}
+
+// runScaleOut is bench --store: the file store and PostgreSQL behind one
+// and more front ends, at each K.
+func runScaleOut(opts bench.ScaleOutOptions, quiet bool, jsonOut, tableOut string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	if !quiet {
+		opts.Log = stderr
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-sigs:
+			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
+			fmt.Fprintf(stderr, "bench: %s: stopping\n", sig)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	rep, err := bench.RunScaleOut(ctx, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		if rep == nil {
+			return 2
+		}
+		return 1
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 1
+	}
+	stdout.Write(table.Bytes())
+	for _, o := range []struct {
+		path  string
+		write func(io.Writer) error
+	}{
+		{jsonOut, rep.WriteJSON},
+		{tableOut, func(w io.Writer) error { _, err := w.Write(table.Bytes()); return err }},
+	} {
+		if o.path == "" {
+			continue
+		}
+		if err := writeFile(o.path, o.write); err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+	}
+	return 0
 }
