@@ -95,8 +95,8 @@ type Store struct {
 	wg     sync.WaitGroup
 	notes  notices
 
-	winningNumber int16
-	closeOnce     sync.Once
+	winnersSQL string
+	closeOnce  sync.Once
 
 	// Buffers reused by the writer goroutine's commits.
 	ids          []int32
@@ -148,7 +148,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		log:           opts.Logger,
 		target:        Target(cfg),
 		id:            fmt.Sprintf("%x", tag),
-		winningNumber: int16(opts.WinningNumber),
+		winnersSQL:    WinnersQuery(opts.WinningNumber),
 	}
 	s.notes.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -261,6 +261,9 @@ func (s *Store) pin(ctx context.Context, conn *pgx.Conn) error {
 				SELECT g, $2, $3 FROM generate_series(1, $1::integer) AS g`, s.opts.Agencies, sum[:], state); err != nil {
 				return fmt.Errorf("create agencies: %w", err)
 			}
+			if err := createWinnersIndex(ctx, tx, s.opts.WinningNumber); err != nil {
+				return err
+			}
 			s.lottery = id
 			s.log.Info("pg_lottery", logging.Success, zap.String("state", "created"), zap.Int("agencies", s.opts.Agencies),
 				zap.Uint16("winning_number", s.opts.WinningNumber))
@@ -283,8 +286,26 @@ func (s *Store) pin(ctx context.Context, conn *pgx.Conn) error {
 		}
 		copy(n[:], nonce)
 		s.lottery = receipt.LotteryID(uint32(agencies), uint16(winning), n)
-		return nil
+		return createWinnersIndex(ctx, tx, s.opts.WinningNumber) // a no-op unless someone dropped it
 	})
+}
+
+// createWinnersIndex creates the partial index the draw reads: only the
+// bets on the pinned winning number, in stream order, with their documents.
+func createWinnersIndex(ctx context.Context, tx pgx.Tx, winning uint16) error {
+	_, err := tx.Exec(ctx, fmt.Sprintf(
+		"CREATE INDEX IF NOT EXISTS bets_winners ON bets (agency, idx) INCLUDE (document) WHERE number = %d", winning))
+	if err != nil {
+		return fmt.Errorf("create the winners index: %w", err)
+	}
+	return nil
+}
+
+// WinnersQuery is the draw's query: the winning number is written into it,
+// not passed as a parameter, so that the planner reads the partial winners
+// index (a parameter could be any number).
+func WinnersQuery(winning uint16) string {
+	return fmt.Sprintf("SELECT agency, document FROM bets WHERE number = %d ORDER BY agency, idx", winning)
 }
 
 // load reads the progress of agencies ids (every agency when nil), in the
@@ -575,7 +596,7 @@ func (s *Store) progressNotice(g *persist.Group) string {
 func (s *Store) Winners() (map[uint32][]string, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.CommitTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, "SELECT agency, document FROM bets WHERE number = $1 ORDER BY agency, idx", s.winningNumber)
+	rows, err := s.pool.Query(ctx, s.winnersSQL)
 	if err != nil {
 		return nil, classify("winners", err)
 	}

@@ -41,9 +41,12 @@ CREATE TABLE bets (
     PRIMARY KEY (agency, idx)
 );
 
--- The draw reads the winners from this index, never by scanning the bets:
--- WHERE number = $winning ORDER BY agency, idx.
-CREATE INDEX bets_winners ON bets (number, agency, idx) INCLUDE (document);
+-- The winners index, bets_winners, is created with the lottery row (see
+-- pgstore.go, pin): it is partial, on the pinned winning number,
+--   CREATE INDEX bets_winners ON bets (agency, idx) INCLUDE (document) WHERE number = <winning>
+-- so each COPY maintains one B-tree entry per winning bet instead of one per
+-- bet, and the draw reads exactly the winners, in order, from the index:
+--   SELECT agency, document FROM bets WHERE number = <winning> ORDER BY agency, idx
 
 -- The draw's signed statement (receipt.Statement as JSON), once: the first
 -- server to insert it wins and every server publishes that one.
