@@ -353,6 +353,10 @@ func (s *Store) TakeChanges() Changes {
 // gets nil once the new state is published, or the error that prevented it.
 func (s *Store) Refresh(agencies []uint32) <-chan error {
 	done := make(chan error, 1)
+	if !s.shared {
+		done <- errors.New("refresh: no other server writes this store")
+		return done
+	}
 	s.qmu.Lock()
 	if s.closed {
 		s.qmu.Unlock()

@@ -441,7 +441,7 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("begin: %w", err)
 	}
-	defer tx.Rollback(context.Background()) //nolint:errcheck // a no-op after Commit; otherwise the connection is dropped if it fails
+	defer rollback(tx)
 	if err := s.lock(ctx, tx, g); err != nil {
 		return 0, err
 	}
@@ -495,6 +495,14 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 		return 0, err
 	}
 	return added, nil
+}
+
+// rollback ends a transaction that did not commit (a no-op after Commit),
+// bounded in time: a connection that does not answer is dropped by pgx.
+func rollback(tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tx.Rollback(ctx)
 }
 
 // lock takes the changed agencies' rows FOR UPDATE, in agency order (so two
