@@ -144,11 +144,11 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	tag := make([]byte, 8)
 	_, _ = rand.Read(tag)
 	s := &Store{
-		opts:          opts,
-		log:           opts.Logger,
-		target:        Target(cfg),
-		id:            fmt.Sprintf("%x", tag),
-		winnersSQL:    WinnersQuery(opts.WinningNumber),
+		opts:       opts,
+		log:        opts.Logger,
+		target:     Target(cfg),
+		id:         fmt.Sprintf("%x", tag),
+		winnersSQL: WinnersQuery(opts.WinningNumber),
 	}
 	s.notes.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
