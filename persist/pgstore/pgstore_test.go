@@ -226,7 +226,9 @@ func TestTwoWritersOneDatabase(t *testing.T) {
 			for i := range batches {
 				first := uint64(i * size)
 				res := do(t, s, persist.Request{Agency: 2, First: first, Bets: stream(2, first, size)})
-				if res.Err != nil && !errors.Is(res.Err, persist.ErrUnavailable) {
+				// A server that lost the race too often answers with a
+				// retryable error; its next batch may then be a real gap.
+				if res.Err != nil && !errors.Is(res.Err, persist.ErrUnavailable) && !errors.Is(res.Err, persist.ErrIndexGap) {
 					t.Errorf("batch %d: %v", i, res.Err)
 					return
 				}
@@ -234,8 +236,7 @@ func TestTwoWritersOneDatabase(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	// Whichever server lost a race may have answered with a retryable
-	// error; one more pass through one server fills in whatever is left.
+	// One more pass through one server fills in whatever is left.
 	for i := range batches {
 		first := uint64(i * size)
 		if res := do(t, a, persist.Request{Agency: 2, First: first, Bets: stream(2, first, size)}); res.Err != nil {
