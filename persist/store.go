@@ -61,9 +61,14 @@ type Backend interface {
 	// State is the durable state recovered when the backend was opened.
 	State() (*State, error)
 	// Commit makes a group durable, all of it or none of it. ErrStale
-	// (wrapped) means another writer got there first and nothing was stored.
+	// (wrapped) means another writer got there first and nothing was
+	// stored: the writer reloads and plans again. ErrUnavailable (wrapped)
+	// means the backend could not be reached or the outcome is unknown: the
+	// group's requests fail, retryably, and its agencies are reloaded
+	// before anything is planned for them. Any other error breaks the store.
 	Commit(g *Group) error
-	// Reload returns the durable state of the named agencies, after ErrStale.
+	// Reload returns the durable state of the named agencies, in the order
+	// named: after ErrStale or ErrUnavailable, and on Refresh.
 	Reload(agencies []uint32) ([]Agency, error)
 	// Winners returns every agency's winning documents in stream order.
 	Winners() (map[uint32][]string, error)
