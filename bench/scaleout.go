@@ -118,7 +118,7 @@ func RunScaleOut(ctx context.Context, opts ScaleOutOptions) (*ScaleOutReport, er
 		}
 		defer c.Remove()
 		admin = c.URL("postgres")
-		rep.Notes = append(rep.Notes, "PostgreSQL: a throwaway cluster on this machine, fsync and synchronous_commit on, default settings otherwise")
+		rep.Notes = append(rep.Notes, "PostgreSQL: a throwaway cluster on this machine, fsync and synchronous_commit on, shared_buffers 64 MB, default settings otherwise")
 	}
 	for _, k := range opts.Agencies {
 		sets, err := buildDatasets(datasetPlan{Distinct: min(opts.Distinct, k), Bets: opts.Bets, Batch: opts.Batch,
