@@ -104,6 +104,14 @@ type Watcher interface {
 	TakeChanges() Changes
 }
 
+// HealthChecker is a Backend that can tell, without a request, that it
+// cannot reach its database (its listener lost the connection, say).
+type HealthChecker interface {
+	// Health is nil while the backend looks reachable, or an error
+	// wrapping ErrUnavailable.
+	Health() error
+}
+
 // Changes are what other servers did, merged since the last look.
 type Changes struct {
 	Agencies []uint32 // agencies whose bets or FINISHED other servers recorded, ascending
@@ -378,11 +386,19 @@ func (s *Store) Refresh(agencies []uint32) <-chan error {
 }
 
 // Unavailable is the error of the last commit or reload if the backend
-// could not be reached then, and nil once it succeeds again.
+// could not be reached then (nil once one succeeds again), or else what
+// the backend says of its own health (HealthChecker).
 func (s *Store) Unavailable() error {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.unavailable
+	err := s.unavailable
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if h, ok := s.backend.(HealthChecker); ok {
+		return h.Health()
+	}
+	return nil
 }
 
 // Size is how many bytes the backend takes.

@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,18 +78,29 @@ func (s *Store) listen() {
 				return
 			}
 			down = true
+			s.listenErr.Store(&err)
 			s.log.Warn("pg_listen", logging.Fail, zap.String("database", s.target), zap.Error(err),
 				zap.Duration("retry_in", s.opts.ListenRetry))
 		},
 		ReconnectDelay: s.opts.ListenRetry,
 	}
 	l.Handle(Channel, &listenHandler{s: s, up: func() {
+		s.listenErr.Store(nil)
 		if down {
 			down = false
 			s.log.Info("pg_listen", logging.Success, zap.String("database", s.target), zap.String("state", "reconnected"))
 		}
 	}})
 	_ = l.Listen(s.ctx) // returns only once Close cancels s.ctx
+}
+
+// Health is nil while the listener holds its connection, or why it lost it:
+// the database is unreachable for this server until it reconnects.
+func (s *Store) Health() error {
+	if p := s.listenErr.Load(); p != nil {
+		return fmt.Errorf("%w: listener: %w", persist.ErrUnavailable, *p)
+	}
+	return nil
 }
 
 type listenHandler struct {

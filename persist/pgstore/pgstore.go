@@ -90,10 +90,11 @@ type Store struct {
 	lottery frame.Hash
 	size    atomic.Int64
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	notes  notices
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	notes     notices
+	listenErr atomic.Pointer[error] // set while the listener is disconnected
 
 	winnersSQL string
 	closeOnce  sync.Once

@@ -538,6 +538,13 @@ func TestDatabaseRestart(t *testing.T) {
 	if err := c.Stop("immediate"); err != nil {
 		t.Fatal(err)
 	}
+	// Before any request, the lost listener connection says it.
+	for deadline := time.Now().Add(5 * time.Second); !errors.Is(s.Unavailable(), persist.ErrUnavailable); {
+		if time.Now().After(deadline) {
+			t.Fatalf("Unavailable is %v 5s after PostgreSQL stopped", s.Unavailable())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	start := time.Now()
 	res := do(t, s, persist.Request{Agency: 1, First: 50, Bets: stream(1, 50, 50)})
 	if !errors.Is(res.Err, persist.ErrUnavailable) {
@@ -577,9 +584,9 @@ func TestDatabaseRestart(t *testing.T) {
 	if res := retry(persist.Request{Agency: 2, Finish: true, Total: 0}); res.Err != nil {
 		t.Fatalf("FINISHED again once PostgreSQL is back: %v", res.Err)
 	}
-	if s.Unavailable() != nil || s.Err() != nil {
-		t.Fatalf("after recovery: Unavailable %v, Err %v", s.Unavailable(), s.Err())
+	waitChanges(t, b, func(c persist.Changes) bool { return c.All }) // the listener is back
+	if s.Unavailable() != nil || s.Err() != nil || b.Health() != nil {
+		t.Fatalf("after recovery: Unavailable %v, Err %v, Health %v", s.Unavailable(), s.Err(), b.Health())
 	}
-	waitChanges(t, b, func(c persist.Changes) bool { return c.All })
 	sameStream(t, storedBets(t, connect(t, url), 1), 1, 100)
 }
