@@ -37,8 +37,10 @@ import (
 
 // Options configure Start.
 type Options struct {
-	// Durable keeps fsync on, for measurements; tests run without it
-	// (a killed server loses nothing either way, only a machine crash would).
+	// Durable keeps fsync and full_page_writes on, for measurements; tests
+	// run without them (a killed PostgreSQL loses nothing either way, only a
+	// machine crash would). synchronous_commit stays on in both: without it
+	// PostgreSQL acknowledges commits that a pg_ctl stop -m immediate loses.
 	Durable bool
 	// Settings are extra postgres -c settings, name=value.
 	Settings []string
