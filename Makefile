@@ -11,7 +11,7 @@ KEYS_DIR := .keys
 PROJECT ?= tp0
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w"
 COMMANDS := eventserver/cmd/eventserver eventserver/cmd/probe agency/cmd/agency agency/cmd/gendata \
-	compose/cmd/compose bench/cmd/bench agency/cmd/verify secure/cmd/keygen
+	compose/cmd/compose bench/cmd/bench agency/cmd/verify secure/cmd/keygen persist/pgstore/cmd/export
 
 .PHONY: help build lint test test-short fuzz data keys demo drain-demo clean
 

@@ -1,10 +1,12 @@
 package eventserver
 
 import (
+	"context"
 	"crypto/ed25519"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist"
 	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/persist/pgstore"
 	"github.com/tp0/loteria/secure"
 )
 
@@ -55,15 +58,27 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// OpenStore opens (and recovers) the store c describes and starts its writer.
+// OpenStore opens (and recovers) the store c describes — PostgreSQL when
+// c.Store is a postgres:// URL, the data directory c.DataDir otherwise —
+// and starts its writer.
 func OpenStore(c Config) (*persist.Store, error) {
-	backend, err := filestore.Open(c.DataDir, filestore.Options{
-		Agencies:       c.Agencies,
-		WinningNumber:  c.WinningNumber,
-		Logger:         c.Logger,
-		RebuildJournal: c.RebuildJournal,
-		Sync:           c.StoreSync,
-	})
+	var backend persist.Backend
+	var err error
+	if c.Store != "" {
+		backend, err = pgstore.Open(context.Background(), c.Store, pgstore.Options{
+			Agencies:      c.Agencies,
+			WinningNumber: c.WinningNumber,
+			Logger:        c.Logger,
+		})
+	} else {
+		backend, err = filestore.Open(c.DataDir, filestore.Options{
+			Agencies:       c.Agencies,
+			WinningNumber:  c.WinningNumber,
+			Logger:         c.Logger,
+			RebuildJournal: c.RebuildJournal,
+			Sync:           c.StoreSync,
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +110,8 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	fs := set.Flags()
 	listen := fs.String("listen", DefaultListen, "address to listen on, host:port")
 	agencies := fs.Int("agencies", DefaultAgencies, "agencies the draw waits for (ids 1..N)")
-	dataDir := fs.String("data-dir", ".", "directory for bets.csv and its journal")
+	dataDir := fs.String("data-dir", ".", "directory for bets.csv and its journal (the file store, used without --store)")
+	store := fs.String("store", "", "PostgreSQL store shared by several servers, postgres://user[:password]@host:port/database; empty: the file store in --data-dir")
 	winning := fs.Int("winning-number", DefaultWinningNumber, "a bet wins when its number equals this (0-9999)")
 	keys := fs.String("keys", "", "directory with server.key, server-sign.key and agency-I.pub (bin/keygen writes them)")
 	insecure := fs.Bool("insecure", false, "accept plaintext agencies with no keys (the protocol as PROTOCOL.md documents it)")
@@ -114,6 +130,7 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	set.Bind("listen", []string{"SERVER_LISTEN"}, "server.listen", "listen")
 	set.Bind("agencies", []string{"SERVER_AGENCIES"}, "agencies")
 	set.Bind("data-dir", []string{"SERVER_DATA_DIR"}, "data_dir", "storage.dir")
+	set.Bind("store", []string{"SERVER_STORE"}, "storage.url")
 	set.Bind("winning-number", []string{"SERVER_WINNING_NUMBER"}, "winning_number")
 	set.Bind("keys", []string{"SERVER_KEYS"}, "security.keys")
 	set.Bind("insecure", []string{"SERVER_INSECURE"}, "security.insecure")
@@ -178,6 +195,11 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	case *retry <= 0:
 		return Config{}, bad("retry-after", "must be positive, got %v", *retry)
 	}
+	if *store != "" {
+		if _, err := pgstore.ParseURL(*store); err != nil {
+			return Config{}, bad("store", "%v", err)
+		}
+	}
 	if _, err := logging.ParseLevel(*level); err != nil {
 		return Config{}, bad("log-level", "%v", err)
 	}
@@ -205,6 +227,9 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	}
 	fields := []zap.Field{logging.Success}
 	for _, kv := range set.Effective() {
+		if kv[0] == "store" && kv[1] != "" {
+			kv[1] = redactURL(kv[1]) // the URL may hold a password
+		}
 		fields = append(fields, zap.String(kv[0], kv[1]))
 	}
 	mode := "secure"
@@ -223,6 +248,7 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		Listen:         *listen,
 		Agencies:       *agencies,
 		DataDir:        *dataDir,
+		Store:          *store,
 		WinningNumber:  uint16(*winning),
 		ReadTimeout:    *readTimeout,
 		HelloTimeout:   *helloTimeout,
@@ -238,4 +264,13 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		SignKey:        signKey,
 		Logger:         log,
 	}, nil
+}
+
+// redactURL hides the password of a store URL, for logs.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

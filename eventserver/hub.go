@@ -1,9 +1,11 @@
 package eventserver
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -78,6 +80,10 @@ func NewHub(store *persist.Store, log *zap.Logger, obs Observer, sign ed25519.Pr
 	}
 	h.obs.AgenciesFinished(len(h.finished))
 	h.maybeDraw()
+	if changed := store.Changed(); changed != nil {
+		h.wg.Add(1)
+		go h.follow(changed)
+	}
 	return h
 }
 
@@ -311,14 +317,40 @@ func (h *Hub) draw() error {
 		bets += held
 	}
 	tree := receipt.NewTree(leaves)
+	statementOf := "computed" // "adopted" when the store kept another server's
 	c := receipt.Commitment{Lottery: h.store.Lottery(), Agencies: uint32(n), Root: tree.Root()}
 	c.Sign(h.sign)
 	statement, err := receipt.Statement{Commitment: c, Leaves: leaves}.MarshalJSON()
 	if err != nil {
 		return fmt.Errorf("encode the draw's statement: %w", err)
 	}
-	if err := h.store.SaveDraw(statement); err != nil { // kept before any winner leaves
+	kept, err := h.store.SaveDraw(statement) // kept before any winner leaves
+	if err != nil {
 		return fmt.Errorf("save the draw's statement: %w", err)
+	}
+	if !bytes.Equal(kept, statement) {
+		// Another server sharing the store drew first: publish its
+		// statement, so that every server pushes the same root.
+		var st receipt.Statement
+		if err := st.UnmarshalJSON(kept); err != nil {
+			return fmt.Errorf("read the draw's statement of record: %w", err)
+		}
+		if err := st.Check(nil); err != nil || int(st.Agencies) != n || st.Lottery != c.Lottery {
+			return fmt.Errorf("the draw's statement of record does not fit this lottery (%d agencies, lottery %x): %w",
+				st.Agencies, st.Lottery[:], errors.Join(err, errForeignStatement))
+		}
+		if st.Root != c.Root {
+			h.log.Warn("sorteo", logging.Fail, zap.String("root", hex.EncodeToString(c.Root[:])),
+				zap.String("root_of_record", hex.EncodeToString(st.Root[:])),
+				zap.String("next", "publishing the statement of record; this server's view of the agencies differed"))
+		}
+		leaves, c = st.Leaves, st.Commitment
+		tree = receipt.NewTree(leaves)
+		bets = 0
+		for _, l := range leaves {
+			bets += l.Bets
+		}
+		statementOf = "adopted"
 	}
 	h.mu.Lock()
 	if h.closed {
@@ -334,7 +366,7 @@ func (h *Hub) draw() error {
 	}
 	took := time.Since(start)
 	h.obs.Drawn(took)
-	h.log.Info("sorteo", logging.Success, zap.Int("agencies", n), zap.Uint64("bets", bets),
+	h.log.Info("sorteo", logging.Success, zap.String("statement", statementOf), zap.Int("agencies", n), zap.Uint64("bets", bets),
 		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
 		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took))
 	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {
@@ -344,6 +376,116 @@ func (h *Hub) draw() error {
 	}
 	h.Broadcast(Drawn{})
 	return nil
+}
+
+// errForeignStatement says the store's draw statement is not this lottery's.
+var errForeignStatement = errors.New("statement of another lottery")
+
+// followRetry is how long follow waits before trying again to bring its
+// view up to date after the store could not be read.
+const followRetry = time.Second
+
+// follow keeps the hub in step with the other servers sharing the store
+// (persist.Watcher): each time they change something, the agencies they
+// changed are reloaded so that WELCOME shows what they stored, agencies
+// they recorded as finished count here too (and may complete the set, which
+// starts the draw here), and their draw is published here: the store keeps
+// one statement, which every server pushes.
+func (h *Hub) follow(changed <-chan struct{}) {
+	defer h.wg.Done()
+	var pending persist.Changes
+	var retry <-chan time.Time
+	failures := 0
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-changed:
+			pending.Merge(h.store.TakeChanges())
+			if retry != nil {
+				continue
+			}
+		case <-retry:
+			retry = nil
+		}
+		if pending.Empty() {
+			continue
+		}
+		err := h.catchUp(pending)
+		if h.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			if failures == 1 {
+				h.log.Warn("peers_follow", logging.Fail, zap.Error(err), zap.Duration("retry_in", followRetry))
+			}
+			retry = time.After(followRetry)
+			continue
+		}
+		if failures > 0 {
+			h.log.Info("peers_follow", logging.Success, zap.Int("failed_attempts", failures))
+		}
+		failures, pending = 0, persist.Changes{}
+	}
+}
+
+// catchUp reloads what c names and acts on what it shows.
+func (h *Hub) catchUp(c persist.Changes) error {
+	ids := c.Agencies
+	if c.All || c.Drawn {
+		ids = nil // every agency: a draw means all of them finished
+	}
+	var err error
+	select {
+	case err = <-h.store.Refresh(ids):
+	case <-h.ctx.Done():
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ids == nil {
+		ids = make([]uint32, h.store.Agencies())
+		for i := range ids {
+			ids[i] = uint32(i + 1)
+		}
+	}
+	for _, a := range ids {
+		if held, done, _ := h.store.Status(a); done {
+			h.markFinished(a, held)
+		}
+	}
+	h.maybeDraw()
+	if c.Drawn {
+		select {
+		case <-h.drawn:
+		default:
+			h.mu.Lock()
+			missing := h.store.Agencies() - len(h.finished)
+			h.mu.Unlock()
+			if missing > 0 {
+				h.log.Error("sorteo", logging.Fail, zap.String("origin", "other_server"), zap.Int("agencies_not_finished_here", missing),
+					zap.String("reason", "another server drew, but the store shows agencies that have not finished"))
+			}
+		}
+	}
+	return nil
+}
+
+// markFinished counts an agency whose FINISHED another server recorded.
+func (h *Hub) markFinished(agency uint32, held uint64) {
+	h.mu.Lock()
+	if h.finished[agency] {
+		h.mu.Unlock()
+		return
+	}
+	h.finished[agency] = true
+	n := len(h.finished)
+	h.mu.Unlock()
+	h.obs.AgenciesFinished(n)
+	h.log.Info("agency_finished", logging.Success, zap.Uint32("agency", agency), zap.Uint64("bets", held),
+		zap.Int("finished", n), zap.Int("agencies", h.store.Agencies()), zap.String("origin", "other_server"))
 }
 
 // Close stops the draw from starting or retrying and waits for a retry to end.

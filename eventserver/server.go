@@ -57,7 +57,8 @@ var ErrStoreFailed = errors.New("store failed")
 type Config struct {
 	Listen         string             // host:port
 	Agencies       int                // agencies the draw waits for
-	DataDir        string             // where bets.csv and its journal live
+	DataDir        string             // where bets.csv and its journal live (the file store)
+	Store          string             // postgres:// URL of a store shared with other servers; "" for the file store
 	WinningNumber  uint16             // a bet wins when its number equals this
 	ReadTimeout    time.Duration      // longest wait for a frame, or for a PONG, when one is due
 	HelloTimeout   time.Duration      // a new connection must complete HELLO within this
@@ -102,7 +103,8 @@ type Server struct {
 	paused map[*conn]struct{} // connections not read until their peer reads its answers
 }
 
-// New opens (and recovers) the store in cfg.DataDir.
+// New opens (and recovers) the store: PostgreSQL at cfg.Store, or the data
+// directory cfg.DataDir.
 func New(cfg Config) (*Server, error) {
 	cfg = cfg.WithDefaults()
 	store, err := OpenStore(cfg)

@@ -478,6 +478,7 @@ func (s *Session) stored(r persist.Result) Output {
 
 func (s *Session) batchStored(req *persist.Request, r persist.Result) Output {
 	n := len(req.Bets)
+	var unstorable *persist.BetError
 	switch {
 	case r.Err == nil:
 		result := "stored"
@@ -498,6 +499,10 @@ func (s *Session) batchStored(req *persist.Request, r persist.Result) Output {
 		s.obs.Batch("rejected", n)
 		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))
 		return Output{Send: s.reject(frame.CodeIndexGap, r.Held, r.Err.Error())}
+	case errors.As(r.Err, &unstorable):
+		s.obs.Batch("rejected", n)
+		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))
+		return Output{Send: s.reject(frame.CodeInvalidBet, unstorable.Index, r.Err.Error())}
 	case errors.Is(r.Err, persist.ErrAlreadyFinished):
 		s.obs.Batch("rejected", n)
 		s.log.Warn("apuesta_recibida", logging.Fail, zap.Int("cantidad", n), zap.Uint32("agency", s.agency), zap.Error(r.Err))

@@ -22,6 +22,10 @@ import (
 // DefaultMaxGroup is the most requests committed together by default.
 const DefaultMaxGroup = 4096
 
+// maxStale is how many times in a row a group is planned again after
+// another server changed its agencies first.
+const maxStale = 8
+
 // Errors a Request can end with; match them with errors.Is.
 var (
 	ErrIndexGap        = errors.New("batch starts after the last bet held")
@@ -31,7 +35,25 @@ var (
 	ErrClosed          = errors.New("store closed")
 	ErrBroken          = errors.New("store stopped after a write failure")
 	ErrStale           = errors.New("another server changed the agency first")
+	// ErrUnavailable (wrapped by a backend) means the database could not be
+	// reached or the commit's outcome is unknown: the group's requests fail,
+	// but the store stays up, reloads the agencies involved before it plans
+	// again, and later requests succeed once the database is back.
+	ErrUnavailable = errors.New("storage unavailable")
+	// ErrUnstorable is the cause of a BetError.
+	ErrUnstorable = errors.New("bet cannot be kept by this store")
 )
+
+// BetError says a batch was refused because the backend cannot hold one
+// of its bets; nothing of the batch is stored.
+type BetError struct {
+	Index uint64 // stream index of the first bet the backend cannot hold
+	Err   error  // why, wrapping ErrUnstorable
+}
+
+func (e *BetError) Error() string { return fmt.Sprintf("bet %d: %v", e.Index, e.Err) }
+
+func (e *BetError) Unwrap() error { return e.Err }
 
 // Backend keeps bets durably. The Store calls it from its writer goroutine
 // only, except Winners and Size, which may be called from any goroutine.
@@ -39,9 +61,14 @@ type Backend interface {
 	// State is the durable state recovered when the backend was opened.
 	State() (*State, error)
 	// Commit makes a group durable, all of it or none of it. ErrStale
-	// (wrapped) means another writer got there first and nothing was stored.
+	// (wrapped) means another writer got there first and nothing was
+	// stored: the writer reloads and plans again. ErrUnavailable (wrapped)
+	// means the backend could not be reached or the outcome is unknown: the
+	// group's requests fail, retryably, and its agencies are reloaded
+	// before anything is planned for them. Any other error breaks the store.
 	Commit(g *Group) error
-	// Reload returns the durable state of the named agencies, after ErrStale.
+	// Reload returns the durable state of the named agencies, in the order
+	// named: after ErrStale or ErrUnavailable, and on Refresh.
 	Reload(agencies []uint32) ([]Agency, error)
 	// Winners returns every agency's winning documents in stream order.
 	Winners() (map[uint32][]string, error)
@@ -54,8 +81,58 @@ type Backend interface {
 // DrawKeeper is a Backend that keeps the draw's signed statement beside
 // the bets, so anyone auditing the store later can check it.
 type DrawKeeper interface {
-	SaveDraw(statement []byte) error
+	// SaveDraw keeps statement unless the store already holds one (another
+	// server drew first) and returns the statement of record, which every
+	// server publishes.
+	SaveDraw(statement []byte) ([]byte, error)
 }
+
+// BetChecker is a Backend that cannot hold every bet the protocol accepts
+// (PostgreSQL's text holds no NUL byte): the writer asks it about each new
+// bet before planning it, and refuses the batch with a BetError.
+type BetChecker interface {
+	CheckBet(b *frame.Bet) error
+}
+
+// Watcher is a Backend shared by several servers that tells what the others
+// changed, so that this server's view and its draw follow theirs.
+type Watcher interface {
+	// Changed is signalled (it has room for one signal) when TakeChanges
+	// has something new.
+	Changed() <-chan struct{}
+	// TakeChanges returns, and forgets, everything noticed since the last call.
+	TakeChanges() Changes
+}
+
+// HealthChecker is a Backend that can tell, without a request, that it
+// cannot reach its database (its listener lost the connection, say).
+type HealthChecker interface {
+	// Health is nil while the backend looks reachable, or an error
+	// wrapping ErrUnavailable.
+	Health() error
+}
+
+// Changes are what other servers did, merged since the last look.
+type Changes struct {
+	Agencies []uint32 // agencies whose bets or FINISHED other servers recorded, ascending
+	All      bool     // notices may have been missed (the listener reconnected): any agency may have changed
+	Drawn    bool     // another server saved the draw's statement
+}
+
+// Merge adds o to c.
+func (c *Changes) Merge(o Changes) {
+	c.All = c.All || o.All
+	c.Drawn = c.Drawn || o.Drawn
+	if len(o.Agencies) == 0 {
+		return
+	}
+	c.Agencies = append(c.Agencies, o.Agencies...)
+	slices.Sort(c.Agencies)
+	c.Agencies = slices.Compact(c.Agencies)
+}
+
+// Empty reports whether c says nothing changed.
+func (c *Changes) Empty() bool { return !c.All && !c.Drawn && len(c.Agencies) == 0 }
 
 // State is what a backend holds.
 type State struct {
@@ -149,13 +226,25 @@ type Store struct {
 	done   chan struct{}
 	failed chan struct{} // closed when a commit fails
 
-	mu        sync.RWMutex // guards the published state below
-	published []published
-	nFinished int
-	broken    error
+	mu          sync.RWMutex // guards the published state below
+	published   []published
+	nFinished   int
+	broken      error
+	unavailable error // the last commit or reload could not reach the database
+
+	refreshes []refresh // guarded by qmu
 
 	// Owned by the writer goroutine.
 	agencies []Agency
+	suspect  map[uint32]bool // agencies whose cached view may differ from the backend's
+	checker  BetChecker
+	shared   bool // the backend is a Watcher: other servers write it too
+}
+
+// refresh asks the writer to reload agencies (all of them when nil).
+type refresh struct {
+	agencies []uint32
+	done     chan error
 }
 
 type published struct {
@@ -192,7 +281,10 @@ func New(b Backend, opts Options) (*Store, error) {
 		failed:    make(chan struct{}),
 		published: make([]published, opts.Agencies),
 		agencies:  st.Agencies,
+		suspect:   map[uint32]bool{},
 	}
+	s.checker, _ = b.(BetChecker)
+	_, s.shared = b.(Watcher)
 	for i := range s.agencies {
 		s.publish(uint32(i+1), &s.agencies[i])
 	}
@@ -240,13 +332,73 @@ func (s *Store) FinishedCount() int {
 // Winners returns every agency's winning documents, in stream order.
 func (s *Store) Winners() (map[uint32][]string, error) { return s.backend.Winners() }
 
-// SaveDraw keeps the draw's statement durably, when the backend can.
-func (s *Store) SaveDraw(statement []byte) error {
+// SaveDraw keeps the draw's statement durably, when the backend can, and
+// returns the statement of record: statement itself, or the one another
+// server sharing the backend saved first.
+func (s *Store) SaveDraw(statement []byte) ([]byte, error) {
 	k, ok := s.backend.(DrawKeeper)
 	if !ok {
-		return nil
+		return statement, nil
 	}
 	return k.SaveDraw(statement)
+}
+
+// Changed is signalled when other servers sharing the backend changed
+// something (see TakeChanges); it is nil, and so never ready, for a backend
+// no other server writes.
+func (s *Store) Changed() <-chan struct{} {
+	if w, ok := s.backend.(Watcher); ok {
+		return w.Changed()
+	}
+	return nil
+}
+
+// TakeChanges returns what other servers changed since the last call.
+func (s *Store) TakeChanges() Changes {
+	if w, ok := s.backend.(Watcher); ok {
+		return w.TakeChanges()
+	}
+	return Changes{}
+}
+
+// Refresh asks the writer to reload agencies (every agency when nil) from
+// the backend, so that Status shows what other servers stored. The channel
+// gets nil once the new state is published, or the error that prevented it.
+func (s *Store) Refresh(agencies []uint32) <-chan error {
+	done := make(chan error, 1)
+	if !s.shared {
+		done <- errors.New("refresh: no other server writes this store")
+		return done
+	}
+	s.qmu.Lock()
+	if s.closed {
+		s.qmu.Unlock()
+		done <- ErrClosed
+		return done
+	}
+	s.refreshes = append(s.refreshes, refresh{agencies: slices.Clone(agencies), done: done})
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return done
+}
+
+// Unavailable is the error of the last commit or reload if the backend
+// could not be reached then (nil once one succeeds again), or else what
+// the backend says of its own health (HealthChecker).
+func (s *Store) Unavailable() error {
+	s.mu.RLock()
+	err := s.unavailable
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if h, ok := s.backend.(HealthChecker); ok {
+		return h.Health()
+	}
+	return nil
 }
 
 // Size is how many bytes the backend takes.
@@ -313,11 +465,13 @@ func (s *Store) Close() error {
 func (s *Store) run() {
 	defer close(s.done)
 	var spare []*Request
+	defer s.endRefreshes()
 	for range s.wake {
 		s.qmu.Lock()
-		taken, closed := s.queue, s.closed
-		s.queue = spare
+		taken, closed, refreshes := s.queue, s.closed, s.refreshes
+		s.queue, s.refreshes = spare, nil
 		s.qmu.Unlock()
+		s.refresh(refreshes)
 		for batch := taken; len(batch) > 0; {
 			n := min(len(batch), s.opts.MaxGroup)
 			s.commit(batch[:n])
@@ -327,12 +481,92 @@ func (s *Store) run() {
 		spare = taken[:0]
 		if closed {
 			s.qmu.Lock()
-			empty := len(s.queue) == 0
+			empty := len(s.queue) == 0 && len(s.refreshes) == 0
 			s.qmu.Unlock()
 			if empty {
 				return
 			}
 		}
+	}
+}
+
+// endRefreshes answers the refreshes asked for after the writer stopped.
+func (s *Store) endRefreshes() {
+	s.qmu.Lock()
+	left := s.refreshes
+	s.refreshes = nil
+	s.qmu.Unlock()
+	for _, r := range left {
+		r.done <- ErrClosed
+	}
+}
+
+// refresh marks the agencies the refreshes name as suspect, reloads every
+// suspect agency and tells each refresh how it went.
+func (s *Store) refresh(refreshes []refresh) {
+	if len(refreshes) == 0 {
+		return
+	}
+	for _, r := range refreshes {
+		if r.agencies == nil {
+			for a := range s.agencies {
+				s.suspect[uint32(a+1)] = true
+			}
+		}
+		for _, a := range r.agencies {
+			if a >= 1 && int(a) <= len(s.agencies) {
+				s.suspect[a] = true
+			}
+		}
+	}
+	err := s.Err()
+	if err == nil {
+		err = s.reloadSuspects()
+	}
+	for _, r := range refreshes {
+		r.done <- err
+	}
+}
+
+// reloadSuspects reloads the agencies whose cached view may be wrong: after
+// a commit that could not reach the database (it may have committed before
+// the connection broke) and when other servers changed them. A reload that
+// fails for any reason but ErrUnavailable breaks the store.
+func (s *Store) reloadSuspects() error {
+	if len(s.suspect) == 0 {
+		return nil
+	}
+	ids := make([]uint32, 0, len(s.suspect))
+	for a := range s.suspect {
+		ids = append(ids, a)
+	}
+	slices.Sort(ids)
+	if err := s.reload(ids); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			s.setUnavailable(err)
+			return err
+		}
+		s.fail(fmt.Errorf("reload agencies: %w", err), 0)
+		return s.Err()
+	}
+	clear(s.suspect)
+	s.setUnavailable(nil)
+	return nil
+}
+
+// setUnavailable records whether the backend could be reached, logging the
+// moments it went away and came back.
+func (s *Store) setUnavailable(err error) {
+	s.mu.Lock()
+	was := s.unavailable
+	s.unavailable = err
+	s.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		s.log.Warn("store_unavailable", logging.Fail, zap.Error(err),
+			zap.String("next", "requests fail with a storage error until the backend answers again"))
+	case err == nil && was != nil:
+		s.log.Info("store_unavailable", logging.Success, zap.String("state", "backend reachable again"))
 	}
 }
 
@@ -350,17 +584,37 @@ type pending struct {
 
 func (s *Store) commit(group []*Request) {
 	// A broken store plans nothing: its agencies' chains may hold bets of
-	// the failed group, and every request fails the same way.
-	if err := s.Err(); err != nil {
+	// the failed group, and every request fails the same way. Suspect
+	// agencies are reloaded first; while that fails the group fails with it.
+	err := s.Err()
+	if err == nil {
+		err = s.reloadSuspects()
+	}
+	if err != nil {
 		for _, r := range group {
 			r.Done(Result{Err: err})
 		}
 		return
 	}
+	rechecked := false
 	for attempt := 0; ; attempt++ {
 		results, g, views, stored := s.plan(group)
 		var err error
-		if len(g.Changes) > 0 {
+		if s.shared && !rechecked {
+			// A refusal planned against a view another server may have
+			// moved on from (a gap, a total that differs) is checked again
+			// against the backend before any agency hears it.
+			if ids := refused(group, results, g); len(ids) > 0 {
+				rechecked = true
+				if err = s.reload(ids); err == nil {
+					continue
+				}
+				for _, a := range ids {
+					s.suspect[a] = true
+				}
+			}
+		}
+		if err == nil && len(g.Changes) > 0 {
 			start := time.Now()
 			err = s.backend.Commit(g)
 			if err == nil && s.opts.Observer != nil {
@@ -373,19 +627,24 @@ func (s *Store) commit(group []*Request) {
 				}
 			}
 		}
-		if errors.Is(err, ErrStale) && attempt < 8 {
-			if s.reload(g) == nil {
+		if errors.Is(err, ErrStale) {
+			rerr := s.reload(changed(g))
+			switch {
+			case rerr == nil && attempt < maxStale:
 				continue
+			case rerr == nil:
+				// Other servers keep winning the race for these agencies:
+				// the requests fail with a retryable error, nothing breaks.
+				err = fmt.Errorf("%w: %d attempts in a row found the agencies changed by another server: %w",
+					ErrUnavailable, attempt+1, err)
+			case errors.Is(rerr, ErrUnavailable):
+				err = rerr
+			default:
+				err = fmt.Errorf("%w; reloading its agencies failed: %w", err, rerr)
 			}
 		}
-		if err != nil {
-			// Every result of the group, refusals included, was worked out
-			// against a state that never became durable: none of them holds.
-			s.fail(err, len(group))
-			for i := range results {
-				results[i] = Result{Err: s.Err()}
-			}
-		} else {
+		switch {
+		case err == nil:
 			s.mu.Lock()
 			for a, p := range views {
 				if !p.changed {
@@ -399,12 +658,64 @@ func (s *Store) commit(group []*Request) {
 				s.publish(a, ag)
 			}
 			s.mu.Unlock()
+			if len(g.Changes) > 0 {
+				s.setUnavailable(nil)
+			}
+		case errors.Is(err, ErrUnavailable):
+			// The group may or may not be durable (a COMMIT whose answer was
+			// lost): its agencies' chains were extended in place, so they are
+			// reloaded before anything else is planned for them, and every
+			// request fails with a retryable error.
+			for _, a := range changed(g) {
+				s.suspect[a] = true
+			}
+			s.setUnavailable(err)
+			s.log.Warn("store_commit", logging.Fail, zap.Int("requests", len(group)), zap.Error(err),
+				zap.String("next", "the requests fail; their agencies are reloaded before the next group"))
+			for i := range results {
+				results[i] = Result{Err: err}
+			}
+		default:
+			// Every result of the group, refusals included, was worked out
+			// against a state that never became durable: none of them holds.
+			s.fail(err, len(group))
+			for i := range results {
+				results[i] = Result{Err: s.Err()}
+			}
 		}
 		for i, r := range group {
 			r.Done(results[i])
 		}
 		return
 	}
+}
+
+// refused lists the agencies of requests the plan refused (a gap, a total
+// or a FINISHED that does not fit), with every agency g changes (their
+// chains were extended in place, so they are reloaded too), or nil when
+// nothing was refused.
+func refused(group []*Request, results []Result, g *Group) []uint32 {
+	var ids []uint32
+	for i, r := range results {
+		if r.Err != nil && (errors.Is(r.Err, ErrIndexGap) || errors.Is(r.Err, ErrTotalMismatch) || errors.Is(r.Err, ErrAlreadyFinished)) {
+			ids = append(ids, group[i].Agency)
+		}
+	}
+	if ids == nil {
+		return nil
+	}
+	ids = append(ids, changed(g)...)
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// changed lists the agencies a group changes, in ascending order.
+func changed(g *Group) []uint32 {
+	ids := make([]uint32, len(g.Changes))
+	for i, c := range g.Changes {
+		ids[i] = c.Agency
+	}
+	return ids
 }
 
 // fail marks the store broken after a failed commit.
@@ -421,15 +732,14 @@ func (s *Store) fail(err error, requests int) {
 	}
 }
 
-// reload refreshes the agencies of a stale group from the backend.
-func (s *Store) reload(g *Group) error {
-	ids := make([]uint32, len(g.Changes))
-	for i, c := range g.Changes {
-		ids[i] = c.Agency
-	}
+// reload replaces the cached view of agencies ids with the backend's.
+func (s *Store) reload(ids []uint32) error {
 	fresh, err := s.backend.Reload(ids)
 	if err != nil {
 		return err
+	}
+	if len(fresh) != len(ids) {
+		return fmt.Errorf("reload: backend returned %d agencies for %d asked", len(fresh), len(ids))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -496,6 +806,13 @@ func (s *Store) apply(r *Request, p *pending, g *Group) Result {
 		return Result{Held: p.held, Err: fmt.Errorf("%w with %d bets; batch adds bets %d..%d", ErrAlreadyFinished, p.total, p.held, end-1)}
 	}
 	bets := r.Bets[p.held-r.First:] // a batch overlapping what is held stores only its new bets
+	if s.checker != nil {
+		for i := range bets {
+			if err := s.checker.CheckBet(&bets[i]); err != nil {
+				return Result{Held: p.held, Err: &BetError{Index: p.held + uint64(i), Err: err}}
+			}
+		}
+	}
 	if s.opts.Tamper != nil {
 		s.opts.Tamper(r.Agency, p.held, bets)
 	}

@@ -131,9 +131,13 @@ func (s *Store) Winners() (map[uint32][]string, error) {
 	return out, nil
 }
 
-// SaveDraw writes the draw's signed statement to commitment.json.
-func (s *Store) SaveDraw(statement []byte) error {
-	return writeFileAtomic(s.dir, DrawFile, statement, s.sync)
+// SaveDraw writes the draw's signed statement to commitment.json. No other
+// server writes the directory, so the statement of record is statement.
+func (s *Store) SaveDraw(statement []byte) ([]byte, error) {
+	if err := writeFileAtomic(s.dir, DrawFile, statement, s.sync); err != nil {
+		return nil, err
+	}
+	return statement, nil
 }
 
 // Lottery describes the lottery a data directory belongs to.

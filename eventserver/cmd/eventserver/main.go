@@ -3,7 +3,10 @@
 // Settings come from flags, then SERVER_* environment variables, then the
 // YAML file named by --config, then defaults. Bad settings exit with status
 // 2; a server that cannot start, or whose store fails, exits with status 1
-// so that its supervisor restarts it and recovery runs.
+// so that its supervisor restarts it and recovery runs. With --store
+// postgres://..., a database that cannot be reached for a while is not a
+// failure: batches are answered ERROR storage (agencies retry), /readyz
+// fails, and the server carries on once the database is back.
 package main
 
 import (
@@ -115,6 +118,8 @@ func ready(srv *eventserver.Server) error {
 		return fmt.Errorf("store failed: %w", srv.Store().Err())
 	case srv.Draining():
 		return errors.New("draining after a signal")
+	case srv.Store().Unavailable() != nil:
+		return fmt.Errorf("store unreachable: %w", srv.Store().Unavailable())
 	}
 	select {
 	case <-srv.Ready():
