@@ -33,6 +33,10 @@ type memory struct {
 }
 
 // readMemory samples a process's resident set.
+// waitingSettle is how long agencies have been waiting for the draw when
+// the server's memory per waiting connection is read.
+const waitingSettle = 2 * time.Second
+
 func readMemory(pid int) (memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -515,7 +515,13 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 			cpuConnected, err = readCPU(srv.pid)
 			return err
 		},
-		Waiting: func() (err error) { waiting, err = readMemory(srv.pid); return err },
+		Waiting: func() (err error) {
+			// Agencies wait for the draw for as long as it takes: read the
+			// server's memory once it has settled, not mid-burst.
+			time.Sleep(waitingSettle)
+			waiting, err = readMemory(srv.pid)
+			return err
+		},
 		Delivered: func() error {
 			var err error
 			if end, err = readMemory(srv.pid); err != nil {

@@ -46,6 +46,9 @@ func (c Config) WithDefaults() Config {
 	if c.Window <= 0 {
 		c.Window = DefaultWindow
 	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = DefaultShutdownGrace
 	}

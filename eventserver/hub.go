@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -46,6 +47,55 @@ type Hub struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// The budget of requests handed to the store and not yet answered,
+	// shared by every connection: past it connections stop reading, so that
+	// thousands of agencies with full windows cannot pile up gigabytes of
+	// decoded batches (and the garbage collector's work with them).
+	inflight atomic.Int64
+	budget   int64
+	roomMu   sync.Mutex
+	room     chan struct{} // closed when inflight falls to half the budget
+}
+
+// DefaultMaxInFlight is the server-wide budget of unanswered store requests.
+const DefaultMaxInFlight = 2048
+
+// Window is the window for an agency saying HELLO now: the budget of
+// requests in flight shared among the agencies connected, at most limit,
+// so that many agencies together cannot have much more than the budget
+// unanswered.
+func (h *Hub) Window(limit int) int {
+	h.mu.Lock()
+	n := int64(len(h.byAgency)) + 1
+	h.mu.Unlock()
+	return int(min(max(h.budget/n, 1), int64(limit)))
+}
+
+// InFlight is how many store requests are unanswered.
+func (h *Hub) InFlight() int64 { return h.inflight.Load() }
+
+// Saturated reports whether the budget of unanswered store requests is
+// spent; connections then stop reading until Room says there is room.
+func (h *Hub) Saturated() bool { return h.inflight.Load() >= h.budget }
+
+// Room is closed once the requests in flight fall to half the budget.
+func (h *Hub) Room() <-chan struct{} {
+	h.roomMu.Lock()
+	defer h.roomMu.Unlock()
+	return h.room
+}
+
+// SetMaxInFlight changes the budget of unanswered store requests.
+func (h *Hub) SetMaxInFlight(n int) { h.budget = int64(max(n, 1)) }
+
+func (h *Hub) answered() {
+	if h.inflight.Add(-1) == h.budget/2 {
+		h.roomMu.Lock()
+		close(h.room)
+		h.room = make(chan struct{})
+		h.roomMu.Unlock()
+	}
 }
 
 // drawResult is the draw: every agency's winners and the signed commitment
@@ -72,6 +122,8 @@ func NewHub(store *persist.Store, log *zap.Logger, obs Observer, sign ed25519.Pr
 		drawn:    make(chan struct{}),
 		ctx:      ctx,
 		cancel:   cancel,
+		budget:   DefaultMaxInFlight,
+		room:     make(chan struct{}),
 	}
 	for a := uint32(1); a <= uint32(store.Agencies()); a++ {
 		if _, done, _ := store.Status(a); done {
@@ -206,9 +258,15 @@ func (h *Hub) Submit(p Peer, r *persist.Request) error {
 				h.maybeDraw()
 			}
 		}
+		h.answered()
 		p.Deliver(Stored{Result: res})
 	}
-	return h.store.Submit(r)
+	h.inflight.Add(1)
+	if err := h.store.Submit(r); err != nil {
+		h.answered()
+		return err
+	}
+	return nil
 }
 
 // Encoder appends one frame to dst in a connection's wire form.

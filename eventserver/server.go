@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,14 +41,20 @@ const (
 	DefaultRetryAfter    = time.Second
 )
 
-// Per-connection byte limits. A peer may leave at most FloodLimit unread
-// bytes while the server is not reading from it (its window is full, or it
-// does not read its answers); the server stops reading a connection whose
-// unsent answers pass OutboundLimit, until its peer reads them.
+// Per-connection byte limits. While the server is not reading a connection
+// (its window is full, the server's budget of requests in flight is spent,
+// or the peer does not read its answers), the peer may leave unread at most
+// its window of frames plus FloodLimit bytes; the server stops reading a
+// connection whose unsent answers pass OutboundLimit, until its peer reads
+// them.
 const (
 	FloodLimit    = 64 << 10
 	OutboundLimit = 64 << 10
 )
+
+// floodLimit is how many unread bytes a peer may leave: a peer within its
+// window can have that many frames waiting while the server is not reading.
+func (s *Server) floodLimit() int { return s.cfg.Window*s.cfg.MaxFrame + FloodLimit }
 
 // ErrStoreFailed is returned by Serve when the store failed: the process
 // should exit non-zero so that its supervisor restarts it and recovery runs.
@@ -65,7 +72,8 @@ type Config struct {
 	PingInterval   time.Duration      // a waiting agency is PINGed after this much silence
 	MaxPending     int                // connections that have not completed HELLO, at most
 	MaxFrame       int                // largest frame accepted, at most frame.MaxSize
-	Window         int                // most unanswered BETS/FINISHED per connection
+	Window         int                // most unanswered frames per connection
+	MaxInFlight    int                // most store requests unanswered, all connections together (DefaultMaxInFlight)
 	ShutdownGrace  time.Duration      // how long a drain waits for connections to finish
 	RetryAfter     time.Duration      // hint sent in NOT_READY
 	RebuildJournal bool               // accept a damaged journal, rebuilding it from bets.csv
@@ -99,8 +107,13 @@ type Server struct {
 	refused  refusals
 	tick     atomic.Int64 // unix nanoseconds of the last tick, to tell that the loops run
 
-	pmu    sync.Mutex
-	paused map[*conn]struct{} // connections not read until their peer reads its answers
+	lastBusy time.Time      // ticker's loop only: when requests were last in flight
+	released bool           // ticker's loop only: memory given back since
+	bg       sync.WaitGroup // background work the server waits for before it returns
+
+	pmu     sync.Mutex
+	paused  map[*conn]struct{} // connections not read until their peer reads its answers
+	starved map[*conn]struct{} // connections not read until the hub has room for requests
 }
 
 // New opens (and recovers) the store: PostgreSQL at cfg.Store, or the data
@@ -111,15 +124,18 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	hub := NewHub(store, cfg.Logger, cfg.Observer, cfg.SignKey)
+	hub.SetMaxInFlight(cfg.MaxInFlight)
 	return &Server{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		obs:    observerOr(cfg.Observer),
-		store:  store,
-		hub:    NewHub(store, cfg.Logger, cfg.Observer, cfg.SignKey),
-		ready:  make(chan struct{}),
-		idle:   make(chan struct{}, 1),
-		paused: map[*conn]struct{}{},
+		cfg:     cfg,
+		log:     cfg.Logger,
+		obs:     observerOr(cfg.Observer),
+		store:   store,
+		hub:     hub,
+		ready:   make(chan struct{}),
+		idle:    make(chan struct{}, 1),
+		paused:  map[*conn]struct{}{},
+		starved: map[*conn]struct{}{},
 	}, nil
 }
 
@@ -167,6 +183,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	case <-s.ready:
 	}
+	fed := make(chan struct{})
+	defer close(fed)
+	go s.feed(fed)
 	select {
 	case <-ctx.Done():
 		return s.shutdown(errc, nil)
@@ -226,6 +245,7 @@ func (s *Server) shutdown(errc chan error, cause error) error {
 // closeStore ends the draw and the store, after which nothing is left
 // running, and logs how the shutdown went given the earlier errs.
 func (s *Server) closeStore(errs []error) error {
+	s.bg.Wait()
 	s.hub.Close()
 	if err := s.store.Close(); err != nil && !errors.Is(err, persist.ErrBroken) {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
@@ -331,6 +351,9 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	}
 	cs.closed.Store(true)
 	s.unpause(cs)
+	s.pmu.Lock()
+	delete(s.starved, cs)
+	s.pmu.Unlock()
 	s.hub.Leave(cs, cs.sess.Agency())
 	s.pending.remove(cs)
 	state := cs.sess.State()
@@ -412,7 +435,12 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 		return gnet.None
 	}
 	received := false
+	starved := false
 	for !cs.sess.Busy() && cs.sess.State() != Closed && c.OutboundBuffered()+len(cs.out) < OutboundLimit {
+		if s.hub.Saturated() {
+			starved = true
+			break
+		}
 		f, err := cs.dec.Next(cs.tr)
 		if errors.Is(err, frame.ErrIncomplete) {
 			break
@@ -433,7 +461,10 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	} else {
 		s.unpause(cs)
 	}
-	if unread := c.InboundBuffered(); unread > FloodLimit && (cs.sess.Busy() || cs.stalled.Load() != 0) {
+	if starved && c.InboundBuffered() > 0 {
+		s.starve(cs)
+	}
+	if unread := c.InboundBuffered(); unread > s.floodLimit() && (cs.sess.Busy() || starved || cs.stalled.Load() != 0) {
 		cs.do(cs.sess.Step(Flooded{Reason: fmt.Sprintf("%d unread bytes piled up while the server was not reading", unread)}))
 		return gnet.Close
 	}
@@ -463,6 +494,34 @@ func (cs *conn) evict() gnet.Action {
 	}
 	cs.sess.Step(Hangup{})
 	return gnet.Close
+}
+
+// starve parks cs, which has frames waiting while the server's budget of
+// requests in flight is spent, until the hub says there is room.
+func (s *Server) starve(cs *conn) {
+	s.pmu.Lock()
+	s.starved[cs] = struct{}{}
+	s.pmu.Unlock()
+	if !s.hub.Saturated() { // room came before cs was parked
+		_ = cs.c.Wake(nil)
+	}
+}
+
+// feed wakes the parked connections each time the hub has room, until done.
+func (s *Server) feed(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case <-s.hub.Room():
+		}
+		s.pmu.Lock()
+		for cs := range s.starved {
+			_ = cs.c.Wake(nil)
+		}
+		clear(s.starved)
+		s.pmu.Unlock()
+	}
 }
 
 // pause stops reading cs until its peer reads its answers; the tick wakes it
@@ -500,6 +559,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		}
 	}
 	s.refused.report(s.log, now)
+	s.releaseMemory(now)
 	return min(100*time.Millisecond, s.cfg.ReadTimeout/4, s.cfg.HelloTimeout/4), gnet.None
 }
 
@@ -545,6 +605,26 @@ func (p *pendingSet) remove(cs *conn) {
 		cs.place = nil
 	}
 	p.mu.Unlock()
+}
+
+// releaseMemory gives the memory of an upload burst back to the system
+// once the store has been idle for a second: the decoded batches and the
+// connections' buffers are garbage by then, and agencies waiting for the
+// draw should cost only what they hold. It runs on the ticker's loop.
+func (s *Server) releaseMemory(now time.Time) {
+	if s.hub.InFlight() > 0 {
+		s.lastBusy, s.released = now, false
+		return
+	}
+	if s.released || s.lastBusy.IsZero() || now.Sub(s.lastBusy) < time.Second {
+		return
+	}
+	s.released = true
+	s.bg.Add(1)
+	go func() { // a full collection: off the event loop
+		defer s.bg.Done()
+		debug.FreeOSMemory()
+	}()
 }
 
 // refusals counts refused connections per code between summary lines.
@@ -640,8 +720,8 @@ func (cs *conn) flush() bool {
 		return true
 	}
 	_, err := cs.c.Write(cs.out)
-	if cap(cs.out) > 16<<10 {
-		cs.out = nil // do not keep a large buffer for a connection that is mostly idle
+	if cap(cs.out) > 16<<10 || cs.sess.Wait() != WaitNone {
+		cs.out = nil // owing nothing, the connection may stay idle for hours: keep no buffer
 	} else {
 		cs.out = cs.out[:0]
 	}

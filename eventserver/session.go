@@ -53,6 +53,8 @@ type View interface {
 	// Winners returns the agency's winning documents and the commitment
 	// (with the agency's proof) once the draw is done.
 	Winners(agency uint32) (documents []string, commitment *frame.Commitment, drawn bool)
+	// Window is the window to give an agency saying HELLO now, at most limit.
+	Window(limit int) int
 }
 
 // Event is an input to Session.Step.
@@ -138,7 +140,7 @@ const (
 
 // Limits are the session's settings; WELCOME tells the agency most of them.
 type Limits struct {
-	Window       int           // most requests (BETS, FINISHED) unanswered at once
+	Window       int           // most frames unanswered at once; the View may give an agency less
 	MaxFrame     int           // largest frame accepted
 	ReadTimeout  time.Duration // see Wait
 	PingInterval time.Duration // see Wait
@@ -441,6 +443,7 @@ func (s *Session) hello(h *frame.Hello) Output {
 			h.Agency, s.identity))
 	}
 	s.agency = h.Agency
+	s.limits.Window = max(s.view.Window(s.limits.Window), 1)
 	held, finished, chain := s.view.Status(h.Agency)
 	if finished {
 		s.become(Waiting)

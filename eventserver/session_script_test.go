@@ -82,6 +82,8 @@ func (v *fakeView) Status(agency uint32) (uint64, bool, frame.Hash) {
 
 func (v *fakeView) FinishedCount() int { return v.count }
 
+func (v *fakeView) Window(limit int) int { return limit }
+
 // Receipt marks its receipts as the view's own with a signature that
 // names the agency, so a test can tell the session passed them on as made.
 func (v *fakeView) Receipt(agency uint32, bets uint64, chain frame.Hash) *frame.Receipt {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -170,7 +171,9 @@ func (s *Store) Commit(g *persist.Group) error {
 			b := &rows.Bets[i]
 			s.buf = AppendRow(s.buf, rows.Agency, b)
 			if b.Number == s.opts.WinningNumber {
-				s.newWinners = append(s.newWinners, winner{rows.Agency, b.Document})
+				// A copy: the document is a slice of its whole frame's text,
+				// which the index would otherwise keep alive until the draw.
+				s.newWinners = append(s.newWinners, winner{rows.Agency, strings.Clone(b.Document)})
 			}
 		}
 	}
@@ -288,6 +291,6 @@ func LoadDir(dir string) func(yield func(Bet, error) bool) {
 // winnersOf appends agency's winning document to the in-memory index.
 func (s *Store) addWinner(agency uint32, b *frame.Bet) {
 	if b.Number == s.opts.WinningNumber {
-		s.winners[agency] = append(s.winners[agency], b.Document)
+		s.winners[agency] = append(s.winners[agency], strings.Clone(b.Document))
 	}
 }

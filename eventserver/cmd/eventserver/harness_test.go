@@ -1,0 +1,800 @@
+package main
+
+// The process-level tests run the real binaries: eventserver, agency,
+// verify, keygen and gendata are built once, on first use, into a temporary
+// directory that TestMain removes. This file holds what those tests share:
+// processes and their log lines, key directories, agency files, a cluster
+// of one restartable server and its agencies, and the end-of-run checks.
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tp0/loteria/agency"
+	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/secure"
+)
+
+// hangGuard bounds waits that only run out when something hangs; it is
+// never a timing assertion.
+const hangGuard = 60 * time.Second
+
+// faultWinning is the winning number of every lottery these tests run.
+const faultWinning = 7574
+
+var procBins struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// TestMain checks that no test leaves a goroutine behind; gnet's worker
+// pool, started when the package loads, is the only one there before.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreCurrent(), goleak.Cleanup(func(code int) {
+		if procBins.dir != "" {
+			os.RemoveAll(procBins.dir)
+		}
+		os.Exit(code)
+	}))
+}
+
+// binaries builds the commands once and returns their directory.
+func binaries(t *testing.T) string {
+	t.Helper()
+	procBins.once.Do(func() {
+		dir, err := os.MkdirTemp("", "loteria-proc-bins-")
+		if err != nil {
+			procBins.err = err
+			return
+		}
+		procBins.dir = dir
+		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+			"github.com/tp0/loteria/eventserver/cmd/eventserver",
+			"github.com/tp0/loteria/agency/cmd/agency",
+			"github.com/tp0/loteria/agency/cmd/verify",
+			"github.com/tp0/loteria/agency/cmd/gendata",
+			"github.com/tp0/loteria/secure/cmd/keygen")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			procBins.err = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if procBins.err != nil {
+		t.Fatal(procBins.err)
+	}
+	return procBins.dir
+}
+
+func binPath(t *testing.T, name string) string {
+	t.Helper()
+	return filepath.Join(binaries(t), name)
+}
+
+// ---- keys
+
+// makeKeys writes a key directory for agencies 1..n with bin/keygen.
+func makeKeys(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "keys")
+	if out, err := exec.Command(binPath(t, "keygen"), "--dir", dir, "--agencies", strconv.Itoa(n)).CombinedOutput(); err != nil {
+		t.Fatalf("bin/keygen: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// memKeys is a key directory written with the secure package, for the
+// in-process tests, and the keys loaded from it.
+type memKeys struct {
+	dir       string
+	store     *secure.KeyStore
+	sign      ed25519.PrivateKey
+	verify    ed25519.PublicKey
+	serverPub secure.PublicKey
+	agency    map[uint32]secure.PrivateKey
+}
+
+func writeKeys(t *testing.T, n int) *memKeys {
+	t.Helper()
+	k := &memKeys{dir: filepath.Join(t.TempDir(), "keys"), agency: map[uint32]secure.PrivateKey{}}
+	if err := os.Mkdir(k.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	server, err := secure.GenerateKey(rand.Reader)
+	must(err)
+	must(secure.WritePrivateKey(filepath.Join(k.dir, secure.ServerKeyFile), "server", server))
+	must(secure.WritePublicKey(filepath.Join(k.dir, secure.ServerPubFile), "server", server.Public()))
+	k.verify, k.sign, err = ed25519.GenerateKey(rand.Reader)
+	must(err)
+	must(secure.WriteSigningKey(filepath.Join(k.dir, secure.SignKeyFile), "server", k.sign))
+	must(secure.WriteVerifyKey(filepath.Join(k.dir, secure.VerifyKeyFile), "server", k.verify))
+	for id := uint32(1); id <= uint32(n); id++ {
+		a, err := secure.GenerateKey(rand.Reader)
+		must(err)
+		owner := fmt.Sprintf("agency %d", id)
+		must(secure.WritePrivateKey(filepath.Join(k.dir, secure.AgencyKeyFile(id)), owner, a))
+		must(secure.WritePublicKey(filepath.Join(k.dir, secure.AgencyPubFile(id)), owner, a.Public()))
+		k.agency[id] = a
+	}
+	k.store, err = secure.OpenKeyStore(k.dir, n)
+	must(err)
+	k.serverPub = server.Public()
+	return k
+}
+
+// ---- agency files
+
+// faultData is a set of agency files in the course's format.
+type faultData struct {
+	dir  string
+	bets [][]frame.Bet // index agency-1
+}
+
+// makeFaultData writes synthetic course-shaped files of the given sizes.
+func makeFaultData(t *testing.T, sizes []int, seed int64) *faultData {
+	t.Helper()
+	d := &faultData{dir: t.TempDir()}
+	for i, n := range sizes {
+		bets, err := agency.SyntheticBets(agency.SynthOptions{
+			Agency: uint32(i + 1), Bets: n, Winners: min(n, 1+i%3), WinningNumber: faultWinning, Seed: seed,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := agency.WriteBetsCSV(&buf, bets); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(d.file(i+1), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d.bets = append(d.bets, bets)
+	}
+	return d
+}
+
+// gendata writes files with bin/gendata (its flags in args) and reads them back.
+func gendata(t *testing.T, agencies int, args ...string) *faultData {
+	t.Helper()
+	d := &faultData{dir: t.TempDir()}
+	args = append([]string{"--dir", d.dir, "--agencies", strconv.Itoa(agencies), "--winning-number", strconv.Itoa(faultWinning)}, args...)
+	if out, err := exec.Command(binPath(t, "gendata"), args...).CombinedOutput(); err != nil {
+		t.Fatalf("bin/gendata: %v\n%s", err, out)
+	}
+	for id := 1; id <= agencies; id++ {
+		src, err := agency.OpenFile(d.file(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bets []frame.Bet
+		for {
+			b, err := src.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			bets = append(bets, b)
+		}
+		src.Close()
+		d.bets = append(d.bets, bets)
+	}
+	return d
+}
+
+func (d *faultData) file(id int) string {
+	return filepath.Join(d.dir, fmt.Sprintf("agency-%d.csv", id))
+}
+
+func (d *faultData) winners(id int) int {
+	n := 0
+	for _, b := range d.bets[id-1] {
+		if b.Number == faultWinning {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *faultData) total() int {
+	n := 0
+	for _, b := range d.bets {
+		n += len(b)
+	}
+	return n
+}
+
+func (d *faultData) allWinners() int {
+	n := 0
+	for id := 1; id <= len(d.bets); id++ {
+		n += d.winners(id)
+	}
+	return n
+}
+
+// pickPort returns a loopback address with a port that was free a moment ago.
+func pickPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// ---- processes
+
+// proc is one run of a binary, its stdout and stderr going to a log file.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	code int // exit status once done; -1 when killed by a signal
+	end  time.Time
+}
+
+func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
+	t.Helper()
+	out, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		p.code = cmd.ProcessState.ExitCode()
+		p.end = time.Now()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGKILL)
+		<-p.done
+	})
+	return p
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) signal(sig os.Signal) {
+	if !p.exited() {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// wait waits for the process to end, failing the test after limit.
+func (p *proc) wait(t *testing.T, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(limit):
+		t.Fatalf("%s still running after %v; log tail:\n%s", p.name, limit, tail(p.log, 15))
+		return 0
+	}
+}
+
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	p.signal(syscall.SIGKILL)
+	p.wait(t, 20*time.Second)
+}
+
+func (p *proc) lines() []logLine { return readLogLines(p.log) }
+
+// logLine is one action line: "... action: <action> | result: <r> | k: v | ...".
+type logLine struct {
+	action, result string
+	fields         map[string]string
+}
+
+func (l logLine) is(action, result string, kv ...string) bool {
+	if l.action != action || (result != "" && l.result != result) {
+		return false
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if l.fields[kv[i]] != kv[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+func (l logLine) int(key string) int64 {
+	n, err := strconv.ParseInt(l.fields[key], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func (l logLine) String() string {
+	var b strings.Builder
+	b.WriteString(l.action + " | " + l.result)
+	keys := make([]string, 0, len(l.fields))
+	for k := range l.fields {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		b.WriteString(" | " + k + ": " + l.fields[k])
+	}
+	return b.String()
+}
+
+func readLogLines(path string) []logLine {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []logLine
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		i := strings.Index(line, "action: ")
+		if i < 0 {
+			continue
+		}
+		parts := strings.Split(line[i+len("action: "):], " | ")
+		l := logLine{action: parts[0], fields: map[string]string{}}
+		for _, p := range parts[1:] {
+			k, v, _ := strings.Cut(p, ": ")
+			if k == "result" {
+				l.result = v
+			} else {
+				l.fields[k] = v
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func find(lines []logLine, action, result string, kv ...string) []logLine {
+	var out []logLine
+	for _, l := range lines {
+		if l.is(action, result, kv...) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func tail(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+// waitFor polls until cond holds, failing the test after limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ---- HTTP
+
+// httpGet fetches url once, with no connection kept for later.
+func httpGet(url string) (int, string, error) {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// ---- a server and its agencies
+
+// cluster is a server process on a fixed address and data directory,
+// restartable, plus the agency processes talking to it.
+type cluster struct {
+	t       *testing.T
+	bins    string
+	data    *faultData
+	keys    string // bin/keygen directory; "" runs everything --insecure
+	addr    string
+	dialTo  string // where agencies connect: addr, or a proxy in front of it
+	ioWait  string // the agencies' --io-timeout
+	giveUp  string // the agencies' --give-up
+	batch   string // the agencies' --batch-max-amount
+	dataDir string
+	logs    string
+	grace   time.Duration
+	extra   []string // more server flags, for every incarnation
+
+	server   *proc
+	runs     int // server incarnations so far
+	metrics  string
+	agencies map[int]*proc
+	agRuns   map[int]int
+	poll     map[int]bool // agencies that wait with --wait poll
+}
+
+// newCluster prepares a secured cluster (keys from bin/keygen).
+func newCluster(t *testing.T, data *faultData) *cluster {
+	c := newInsecureCluster(t, data)
+	c.keys = makeKeys(t, len(data.bets))
+	return c
+}
+
+func newInsecureCluster(t *testing.T, data *faultData) *cluster {
+	c := &cluster{
+		t: t, bins: binaries(t), data: data, addr: pickPort(t), ioWait: "10s", giveUp: "60s", batch: "5",
+		dataDir: filepath.Join(t.TempDir(), "data"), logs: t.TempDir(), grace: 10 * time.Second,
+		agencies: map[int]*proc{}, agRuns: map[int]int{}, poll: map[int]bool{5: true},
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// LOTERIA_TEST_LOGS=DIR keeps a failed test's process logs there.
+		if keep := os.Getenv("LOTERIA_TEST_LOGS"); keep != "" {
+			_ = exec.Command("cp", "-r", c.logs, keep).Run()
+		}
+		logs, _ := filepath.Glob(filepath.Join(c.logs, "*.log"))
+		for _, path := range logs {
+			t.Logf("%s:\n%s", filepath.Base(path), tail(path, 12))
+		}
+	})
+	return c
+}
+
+func (c *cluster) secured() bool { return c.keys != "" }
+
+// serverArgs are the flags of a server incarnation.
+func (c *cluster) serverArgs(more ...string) []string {
+	args := []string{"--listen", c.addr, "--agencies", strconv.Itoa(len(c.data.bets)), "--data-dir", c.dataDir,
+		"--winning-number", strconv.Itoa(faultWinning), "--read-timeout", "10s",
+		"--shutdown-grace", c.grace.String(), "--retry-after", "100ms"}
+	if c.secured() {
+		args = append(args, "--keys", c.keys)
+	} else {
+		args = append(args, "--insecure")
+	}
+	return append(append(args, c.extra...), more...)
+}
+
+// spawnServer starts a server incarnation without waiting for it.
+func (c *cluster) spawnServer(more ...string) *proc {
+	c.t.Helper()
+	c.runs++
+	name := fmt.Sprintf("server-%d", c.runs)
+	p := startProc(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "eventserver"), c.serverArgs(more...)...)
+	c.server = p
+	return p
+}
+
+// startServer starts a server incarnation and waits until it listens.
+func (c *cluster) startServer(more ...string) *proc {
+	c.t.Helper()
+	p := c.spawnServer(more...)
+	waitFor(c.t, hangGuard, p.name+" to listen", func() bool {
+		if p.exited() {
+			c.t.Fatalf("%s exited with %d:\n%s", p.name, p.code, tail(p.log, 20))
+		}
+		return len(find(p.lines(), "listen", "success")) > 0
+	})
+	if l := find(p.lines(), "metrics_listen", "success"); len(l) > 0 {
+		c.metrics = l[0].fields["address"]
+	}
+	return p
+}
+
+func (c *cluster) receipt(id int) string {
+	return filepath.Join(c.logs, fmt.Sprintf("receipt-%d.json", id))
+}
+
+// agencyArgs are the flags of agency id's process; more come last and win.
+func (c *cluster) agencyArgs(id int, more ...string) []string {
+	wait := agency.WaitHold
+	if c.poll[id] {
+		wait = agency.WaitPoll
+	}
+	args := []string{"--id", strconv.Itoa(id), "--server", cmp.Or(c.dialTo, c.addr), "--bets", c.data.file(id),
+		"--batch-max-amount", c.batch, "--wait", wait, "--retry-base", "20ms", "--retry-max", "300ms",
+		"--give-up", c.giveUp, "--io-timeout", c.ioWait, "--receipt", c.receipt(id)}
+	if c.secured() {
+		args = append(args, "--key", filepath.Join(c.keys, secure.AgencyKeyFile(uint32(id))),
+			"--server-pub", filepath.Join(c.keys, secure.ServerPubFile))
+	} else {
+		args = append(args, "--insecure")
+	}
+	return append(args, more...)
+}
+
+// startAgency starts a new process for agency id.
+func (c *cluster) startAgency(id int, more ...string) *proc {
+	c.t.Helper()
+	c.agRuns[id]++
+	name := fmt.Sprintf("agency-%d-run-%d", id, c.agRuns[id])
+	p := startProc(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "agency"), c.agencyArgs(id, more...)...)
+	c.agencies[id] = p
+	return p
+}
+
+func (c *cluster) startAgencies() {
+	for id := 1; id <= len(c.data.bets); id++ {
+		c.startAgency(id)
+	}
+}
+
+// finishAgencies waits for every agency's current process to exit 0 with
+// its winners and the draw's root logged, and returns the roots.
+func (c *cluster) finishAgencies() map[int]string {
+	c.t.Helper()
+	roots := map[int]string{}
+	for id := 1; id <= len(c.data.bets); id++ {
+		p := c.agencies[id]
+		if code := p.wait(c.t, 2*hangGuard); code != 0 {
+			c.t.Fatalf("%s exited with %d:\n%s", p.name, code, tail(p.log, 20))
+		}
+		want := strconv.Itoa(c.data.winners(id))
+		lines := p.lines()
+		got := find(lines, "consulta_ganadores", "success", "agency", strconv.Itoa(id), "cant_ganadores", want)
+		if len(got) != 1 {
+			c.t.Errorf("%s: no `consulta_ganadores | result: success | cant_ganadores: %s` line:\n%s", p.name, want, tail(p.log, 10))
+		} else {
+			roots[id] = got[0].fields["root"]
+		}
+		if len(find(lines, "exit", "success", "bets", strconv.Itoa(len(c.data.bets[id-1])), "cant_ganadores", want)) != 1 {
+			c.t.Errorf("%s: no `exit | result: success` line with all bets and %s winners", p.name, want)
+		}
+	}
+	return roots
+}
+
+// stopServer sends SIGTERM and expects a clean exit.
+func (c *cluster) stopServer() {
+	c.t.Helper()
+	c.server.signal(syscall.SIGTERM)
+	if code := c.server.wait(c.t, c.grace+hangGuard); code != 0 {
+		c.t.Fatalf("%s exited with %d after SIGTERM:\n%s", c.server.name, code, tail(c.server.log, 20))
+	}
+}
+
+// checkStore compares bets.csv with the agency files, exactly and in order,
+// and has bin/verify compare them too.
+func (c *cluster) checkStore() {
+	c.t.Helper()
+	got := storedByAgency(c.t, filepath.Join(c.dataDir, filestore.BetsFile), -1)
+	for id := 1; id <= len(c.data.bets); id++ {
+		if !slices.Equal(got[uint32(id)], c.data.bets[id-1]) {
+			c.t.Errorf("store holds %d bets of agency %d; want exactly its %d bets, in order (first difference at %d)",
+				len(got[uint32(id)]), id, len(c.data.bets[id-1]), firstDiff(got[uint32(id)], c.data.bets[id-1]))
+		}
+		delete(got, uint32(id))
+	}
+	for id, bets := range got {
+		c.t.Errorf("store holds %d bets of unknown agency %d", len(bets), id)
+	}
+	c.verify(true, "--store", c.dataDir, "--agency-files", filepath.Join(c.data.dir, "agency-%d.csv"),
+		"--agencies", strconv.Itoa(len(c.data.bets)))
+}
+
+// checkEvidence checks issue 13's promises after a finished run: every
+// agency's receipt verifies against its own file; the store verifies
+// against the signed commitment and every receipt; every agency logged
+// the same root, which is the one of every sorteo line the server logged
+// and the one of commitment.json.
+func (c *cluster) checkEvidence(roots map[int]string) {
+	c.t.Helper()
+	var receipts []string
+	for id := 1; id <= len(c.data.bets); id++ {
+		args := []string{"--receipt", c.receipt(id), "--bets", c.data.file(id)}
+		c.verify(true, append(args, c.signPub()...)...)
+		receipts = append(receipts, c.receipt(id))
+	}
+	if len(c.data.bets) > 1 { // a control: a receipt does not describe another agency's file
+		c.verify(false, append([]string{"--receipt", c.receipt(1), "--bets", c.data.file(2)}, c.signPub()...)...)
+	}
+	args := append([]string{"--store", c.dataDir, "--receipts", strings.Join(receipts, ",")}, c.signPub()...)
+	out := c.verify(true, args...)
+	if c.secured() && !strings.Contains(out, "signature: valid") {
+		c.t.Errorf("bin/verify --store did not check the commitment's signature:\n%s", out)
+	}
+
+	data, err := os.ReadFile(filepath.Join(c.dataDir, filestore.DrawFile))
+	if err != nil {
+		c.t.Fatalf("the draw's commitment: %v", err)
+	}
+	var statement struct {
+		Root string `json:"root"`
+	}
+	if err := json.Unmarshal(data, &statement); err != nil || len(statement.Root) != 64 {
+		c.t.Fatalf("commitment.json has no root: %v\n%s", err, data)
+	}
+	for id := 1; id <= len(c.data.bets); id++ {
+		if roots[id] != statement.Root {
+			c.t.Errorf("agency %d logged root %q; commitment.json says %s", id, roots[id], statement.Root)
+		}
+	}
+	draws := 0
+	for run := 1; run <= c.runs; run++ {
+		for _, l := range find(readLogLines(filepath.Join(c.logs, fmt.Sprintf("server-%d.log", run))), "sorteo", "success") {
+			draws++
+			if l.fields["root"] != statement.Root {
+				c.t.Errorf("server-%d logged sorteo with root %s; commitment.json says %s", run, l.fields["root"], statement.Root)
+			}
+			if want := strconv.FormatBool(c.secured()); l.fields["signed"] != want {
+				c.t.Errorf("server-%d: sorteo signed: %s, want %s", run, l.fields["signed"], want)
+			}
+		}
+	}
+	if draws == 0 {
+		c.t.Errorf("no server incarnation logged `sorteo | result: success`")
+	}
+}
+
+func (c *cluster) signPub() []string {
+	if !c.secured() {
+		return nil
+	}
+	return []string{"--sign-pub", filepath.Join(c.keys, secure.VerifyKeyFile)}
+}
+
+// verify runs bin/verify and checks that it passes (or fails).
+func (c *cluster) verify(pass bool, args ...string) string {
+	c.t.Helper()
+	out, err := exec.Command(filepath.Join(c.bins, "verify"), args...).CombinedOutput()
+	if pass && err != nil {
+		c.t.Errorf("bin/verify %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if !pass && err == nil {
+		c.t.Errorf("bin/verify %s passed; want a failure\n%s", strings.Join(args, " "), out)
+	}
+	return string(out)
+}
+
+// storedByAgency loads the first limit bytes of a bets.csv (all when limit < 0).
+func storedByAgency(t *testing.T, path string, limit int64) map[uint32][]frame.Bet {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if limit >= 0 {
+		r = io.LimitReader(f, limit)
+	}
+	got := map[uint32][]frame.Bet{}
+	for b, err := range filestore.LoadBets(r) {
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		got[b.Agency] = append(got[b.Agency], b.Bet)
+	}
+	return got
+}
+
+func firstDiff(a, b []frame.Bet) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// storedLogged sums, per agency, the bets a server run logged as stored:
+// it logs apuesta_recibida only once the batch is on disk, before the ACK.
+// Its log is buffered, so a killed run may have lost its last lines: this
+// is a lower bound of what it acknowledged.
+func storedLogged(lines []logLine) map[uint32]int {
+	out := map[uint32]int{}
+	for _, l := range find(lines, "apuesta_recibida", "success") {
+		id, _ := strconv.Atoi(l.fields["agency"])
+		out[uint32(id)] += int(l.int("stored"))
+	}
+	return out
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	info, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Size()
+}
+
+func appendFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultRand(t *testing.T) *mrand.Rand {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("random seed %d", seed)
+	return mrand.New(mrand.NewPCG(seed, 1))
+}
+
+func pause(r *mrand.Rand) { time.Sleep(time.Duration(50+r.IntN(351)) * time.Millisecond) }
+
+// uploading waits until the server has stored at least n batches.
+func (c *cluster) uploading(n int) {
+	c.t.Helper()
+	waitFor(c.t, hangGuard, "the upload to start", func() bool {
+		return len(find(c.server.lines(), "apuesta_recibida", "success")) >= n
+	})
+}
+
+func sum(m map[uint32]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
