@@ -612,6 +612,7 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 			}
 			if len(k.out) > 0 {
 				if err := k.send(); err != nil {
+					err = c.lastWords(k, &inflight, err)
 					c.keep(inflight)
 					return err
 				}
@@ -633,6 +634,33 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 	c.base = c.batcher.Checkpoint()
 	c.report(true)
 	return nil
+}
+
+// lastWords reads what the server said before a write to it failed — ACKs
+// of earlier batches, and often the ERROR that explains the broken pipe —
+// so that the agency knows how far it got and why it must reconnect.
+func (c *client) lastWords(k *conn, inflight *[]batch, writeErr error) error {
+	timer := time.NewTimer(time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-k.in:
+			if m.err != nil {
+				var se *ServerError
+				if errors.As(m.err, &se) {
+					return se
+				}
+				return writeErr // the stream ended: nothing more to learn
+			}
+			if err := c.onAnswer(k, m, inflight); err != nil {
+				return err
+			}
+		case <-timer.C:
+			return writeErr
+		case <-k.ctx.Done():
+			return writeErr
+		}
+	}
 }
 
 // keep remembers where the batches still in flight end, so that a reconnect
