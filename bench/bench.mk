@@ -16,25 +16,22 @@ BENCH_BIG_REPS ?= 3
 BENCH_FLAGS ?=
 BENCH_BINS := --server-bin $(BIN)/eventserver --agency-bin $(BIN)/agency --keygen-bin $(BIN)/keygen --gendata-bin $(BIN)/gendata
 
-.PHONY: bench bench-scale bench-smoke bench-big bench-build
+.PHONY: bench bench-scale bench-smoke bench-big
 
-# keygen is not among the Makefile's COMMANDS; the bench needs it.
-bench-build: build
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./secure/cmd/keygen
 
-bench: bench-build ## both servers secured at BENCH_AGENCIES agencies, vs --insecure, gnet with metrics, the course-shaped end to end, the machine's limits
+bench: build ## both servers secured at BENCH_AGENCIES agencies, vs --insecure, gnet with metrics, the course-shaped end to end, the machine's limits
 	$(BENCH) $(BENCH_BINS) --agencies $(BENCH_AGENCIES) --bets $(BENCH_BETS) --compare-insecure --compare-metrics \
 		--course-reps $(BENCH_COURSE_REPS) --data-dir $(BENCH_TMP) \
 		--json $(BENCH_OUT)/bench.json --table $(BENCH_OUT)/bench.txt $(BENCH_FLAGS)
 
-bench-scale: bench-build ## both servers secured at 10..10,000 agencies, same total bets, reconnect storms: table, JSON and SVG chart
+bench-scale: build ## both servers secured at 10..10,000 agencies, same total bets, reconnect storms: table, JSON and SVG chart
 	$(BENCH) $(BENCH_BINS) --agencies $(BENCH_SCALE) --total-bets $(BENCH_SCALE_TOTAL) --data-dir $(BENCH_TMP) \
 		--json $(BENCH_OUT)/scale.json --table $(BENCH_OUT)/scale.txt --svg $(BENCH_OUT)/scale.svg $(BENCH_FLAGS)
 
-bench-smoke: bench-build ## tiny bench of both servers secured, and the course-shaped end to end, for CI: fails on any lost bet or wrong winner, no timing checks
+bench-smoke: build ## tiny bench of both servers secured, and the course-shaped end to end, for CI: fails on any lost bet or wrong winner, no timing checks
 	$(BENCH) $(BENCH_BINS) --agencies 20 --bets 200 --batch 50 --course-reps 1 --loopback-bytes 8388608 --disk-time 200ms \
 		--data-dir $(BENCH_TMP) --json $(BENCH_TMP)/smoke.json --quiet
 
-bench-big: bench-build ## two agencies × BENCH_BIG_BETS bets each, real bin/agency processes, against both servers
+bench-big: build ## two agencies × BENCH_BIG_BETS bets each, real bin/agency processes, against both servers
 	$(BENCH) $(BENCH_BINS) --agencies none --big-bets $(BENCH_BIG_BETS) --big-reps $(BENCH_BIG_REPS) --data-dir $(BENCH_TMP) \
 		--json $(BENCH_OUT)/big.json --table $(BENCH_OUT)/big.txt $(BENCH_FLAGS)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tp0/loteria/eventserver"
+	"github.com/tp0/loteria/eventserver/probe"
 	"github.com/tp0/loteria/frame"
 )
 
@@ -717,7 +718,7 @@ func startServer(ctx context.Context, impl string, opts *Options, args []string,
 	const startTimeout = time.Minute // recovery re-reads the store
 	deadline := time.Now().Add(startTimeout)
 	for {
-		if err := eventserver.Ping(addr, 2*time.Second); err == nil {
+		if err := probe.Ping(addr, 2*time.Second); err == nil {
 			return s, nil
 		} else if time.Now().After(deadline) {
 			s.kill()

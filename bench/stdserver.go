@@ -191,7 +191,7 @@ func (s *StdServer) serveConn(nc net.Conn) {
 		nc:     nc,
 		remote: remote,
 		opened: time.Now(),
-		sess: eventserver.NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.cfg.Observer, eventserver.Limits{
+		sess: eventserver.NewSession(s.hub, logging.WithField(s.log, zap.String("remote", remote)), s.cfg.Observer, eventserver.Limits{
 			Window: s.cfg.Window, MaxFrame: s.cfg.MaxFrame, ReadTimeout: s.cfg.ReadTimeout,
 			PingInterval: s.cfg.PingInterval, RetryAfter: s.cfg.RetryAfter, Secure: s.cfg.Keys != nil}),
 		dec:   frame.Decoder{MaxSize: s.cfg.MaxFrame},

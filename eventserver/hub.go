@@ -424,15 +424,16 @@ func (h *Hub) draw() error {
 	}
 	took := time.Since(start)
 	h.obs.Drawn(took)
-	h.log.Info("sorteo", logging.Success, zap.String("statement", statementOf), zap.Int("agencies", n), zap.Uint64("bets", bets),
+	h.log.Info("sorteo", logging.Success, zap.Int("agencies", n), zap.Uint64("bets", bets),
 		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
-		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took))
+		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took),
+		zap.String("statement", statementOf))
+	h.Broadcast(Drawn{}) // first: the per-agency lines below must not delay the pushes
 	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {
 		for a := uint32(1); a <= uint32(n); a++ {
 			h.log.Info("ganadores", logging.Success, zap.Uint32("agency", a), zap.Int("cant_ganadores", len(winners[a])))
 		}
 	}
-	h.Broadcast(Drawn{})
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/tp0/loteria/eventserver/probe"
 	"slices"
 	"testing"
 	"time"
@@ -84,7 +85,7 @@ func TestIntegrationFraming(t *testing.T) {
 				opts = append(opts, optInsecure())
 			}
 			ts := startServer(t, Config{Agencies: 3}, opts...)
-			if err := Ping(ts.Addr(), itGuard); err != nil {
+			if err := probe.Ping(ts.Addr(), itGuard); err != nil {
 				t.Errorf("health check PING: %v", err)
 			}
 			p := ts.mustDial(t, 1)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tp0/loteria/eventserver/probe"
 	"slices"
 	"strings"
 	"sync"
@@ -58,7 +59,7 @@ func TestSecurityRefusals(t *testing.T) {
 			h.expectFailLog(t, local, "session_error", "code", frame.CodeHandshake.String())
 		}},
 		{name: "plaintext_client_only_pings", run: func(t *testing.T, h *hardHarness) {
-			if err := Ping(h.ts.Addr(), itGuard); err != nil {
+			if err := probe.Ping(h.ts.Addr(), itGuard); err != nil {
 				t.Errorf("plaintext health check: %v", err)
 			}
 			p := h.ts.mustDialPlain(t)

@@ -324,7 +324,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		evicted.Deliver(evict{})
 	}
 	s.conns.Add(1)
-	cs.sess = NewSession(s.hub, s.log.With(zap.String("remote", remote)), s.obs, s.limits())
+	cs.sess = NewSession(s.hub, logging.WithField(s.log, zap.String("remote", remote)), s.obs, s.limits())
 	cs.tr = s.newTransport(cs)
 	c.SetContext(cs)
 	cs.rearm(now, false)

@@ -180,8 +180,18 @@ func (d Date) Valid() bool {
 	if y < 1 || y > 9999 || m < 1 || m > 12 || day < 1 {
 		return false
 	}
-	return day <= time.Date(y, time.Month(m)+1, 0, 0, 0, 0, 0, time.UTC).Day()
+	return day <= daysIn(y, m)
 }
+
+// daysIn is the number of days of month m of year y.
+func daysIn(y, m int) int {
+	if m == 2 && y%4 == 0 && (y%100 != 0 || y%400 == 0) {
+		return 29
+	}
+	return int(monthDays[m])
+}
+
+var monthDays = [13]uint8{0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
 
 // String formats d as YYYY-MM-DD.
 func (d Date) String() string {

@@ -24,7 +24,7 @@ type Chain struct {
 }
 
 // NewChain returns the chain of an agency with no bets.
-func NewChain() *Chain { return &Chain{h: sha256.New(), scratch: make([]byte, 0, 256)} }
+func NewChain() *Chain { return &Chain{h: sha256.New(), scratch: make([]byte, 0, 64)} }
 
 // Add extends the chain with the next bet of the stream.
 func (c *Chain) Add(b *frame.Bet) {
@@ -74,7 +74,7 @@ func (c *Chain) UnmarshalBinary(b []byte) error {
 	}
 	c.h, c.n = h, getU64(b)
 	if c.scratch == nil {
-		c.scratch = make([]byte, 0, 256)
+		c.scratch = make([]byte, 0, 64)
 	}
 	return nil
 }

@@ -59,7 +59,7 @@ func client(conn net.Conn, key PrivateKey, server PublicKey, timeout time.Durati
 		}
 		defer conn.SetDeadline(time.Time{})
 	}
-	cfg := handshakeConfig(newStaticKey(key), rand)
+	cfg := handshakeConfig(newStaticKey(key), nil, rand)
 	cfg.Initiator, cfg.PeerStatic = true, server[:]
 	hs, err := noise.NewHandshakeState(cfg)
 	if err != nil {

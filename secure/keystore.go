@@ -21,6 +21,7 @@ type KeyStore struct {
 
 	reload sync.Mutex // one Reload at a time
 	set    atomic.Pointer[agencySet]
+	dhs    staticDHs // the static key's DH with the agencies' keys, as handshakes need them
 }
 
 // agencySet is one immutable generation of agency keys.
@@ -44,6 +45,12 @@ func OpenKeyStore(dir string, agencies int) (*KeyStore, error) {
 	static := newStaticKey(priv)
 	s := &KeyStore{dir: dir, agencies: agencies, static: static}
 	copy(s.public[:], static.pair.Public)
+	s.dhs.known = func(pub []byte) bool {
+		var k PublicKey
+		copy(k[:], pub)
+		_, ok := s.Lookup(k)
+		return ok
+	}
 	set, err := s.load()
 	if err != nil {
 		return nil, fmt.Errorf("open key store: %w", err)

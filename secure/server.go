@@ -91,7 +91,7 @@ func (c *ServerConn) Handshake() (reply []byte, err error) {
 
 // respond processes message 1 and returns the record of message 2.
 func (c *ServerConn) respond(msg1 []byte) ([]byte, error) {
-	hs, err := noise.NewHandshakeState(handshakeConfig(c.keys.static, c.rand))
+	hs, err := noise.NewHandshakeState(handshakeConfig(c.keys.static, &c.keys.dhs, c.rand))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
 	}

@@ -452,3 +452,41 @@ func TestNonceExhaustion(t *testing.T) {
 		t.Errorf("client after the last nonce: %v, want ErrExhausted", err)
 	}
 }
+
+// TestStaticDHsRemembersOnlyAgencies checks the cache of the server's
+// static-static DH: a known agency's is kept and reused (the second
+// handshake still interoperates), a stranger's never is.
+func TestStaticDHsRemembersOnlyAgencies(t *testing.T) {
+	fx := newFixture(t, 2)
+	count := func() int {
+		n := 0
+		fx.keys.dhs.m.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	for range 2 { // the second handshake takes ss from the cache
+		s := newSession(t, fx, 2, nil)
+		hello := mustEncode(t, &frame.Hello{Agency: 2})
+		if _, err := s.client.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		s.toServer()
+		got, err := decodeAll(s.server)
+		if !errors.Is(err, frame.ErrIncomplete) || len(got) != 1 || !bytes.Equal(got[0], hello) || s.server.Agency() != 2 {
+			t.Fatalf("HELLO: %d frames, %v, agency %d", len(got), err, s.server.Agency())
+		}
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d static DHs remembered after two handshakes of one agency, want 1", n)
+	}
+	stranger := testKey(t, 99)
+	src := &memSource{}
+	sc := NewServerConn(fx.keys, src)
+	conn := &memConn{answer: func(c *memConn) {
+		src.Write(c.sent.Bytes())
+		_, _ = sc.Handshake()
+	}}
+	_, _ = Client(conn, stranger, fx.server.Public(), 0)
+	if n := count(); n != 1 {
+		t.Fatalf("a stranger's handshake grew the cache to %d", n)
+	}
+}

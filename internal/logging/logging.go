@@ -110,3 +110,32 @@ func NewJSONEncoder() zapcore.Encoder {
 		EncodeDuration: zapcore.StringDurationEncoder,
 	})
 }
+
+// WithField returns log adding f to every line, like log.With(f), but
+// without copying the encoder's buffer: cheap enough to hold one per
+// connection, thousands of which may be open for hours.
+func WithField(log *zap.Logger, f zap.Field) *zap.Logger {
+	return log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return &fieldCore{Core: c, field: f} }))
+}
+
+// fieldCore adds one field to each entry when it is written.
+type fieldCore struct {
+	zapcore.Core
+	field zap.Field
+}
+
+func (c *fieldCore) With(fields []zapcore.Field) zapcore.Core {
+	return &fieldCore{Core: c.Core.With(fields), field: c.field}
+}
+
+func (c *fieldCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(ent.Level) {
+		return ce.AddCore(ent, c)
+	}
+	return ce
+}
+
+func (c *fieldCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
+	all := make([]zapcore.Field, 0, len(fields)+1)
+	return c.Core.Write(ent, append(append(all, c.field), fields...))
+}

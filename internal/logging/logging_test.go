@@ -519,3 +519,20 @@ func imports(f *ast.File, path string) bool {
 	}
 	return false
 }
+
+func TestWithFieldWritesLikeWith(t *testing.T) {
+	var a, b bytes.Buffer
+	la, _ := logging.New("info", logging.FormatConsole, &a)
+	lb, _ := logging.New("info", logging.FormatConsole, &b)
+	la = la.With(zap.String("remote", "127.0.0.1:5"))
+	lb = logging.WithField(lb, zap.String("remote", "127.0.0.1:5"))
+	for _, l := range []*zap.Logger{la, lb} {
+		l.Info("hello", logging.Success, zap.Int("agency", 3))
+		l.Debug("hidden", logging.Success)
+		l.Warn("session_error", logging.Fail, zap.String("code", "timeout"))
+	}
+	strip := func(s string) string { return regexp.MustCompile(`(?m)^\S+ \S+ `).ReplaceAllString(s, "") }
+	if strip(a.String()) != strip(b.String()) || !strings.Contains(b.String(), "hello | result: success | remote: 127.0.0.1:5 | agency: 3") {
+		t.Fatalf("With:\n%s\nWithField:\n%s", a.String(), b.String())
+	}
+}

@@ -34,7 +34,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/tp0/loteria/eventserver"
+	"github.com/tp0/loteria/eventserver/probe"
 	"github.com/tp0/loteria/internal/logging"
 )
 
@@ -106,7 +106,7 @@ func logger(w io.Writer, quiet bool) *zap.Logger {
 }
 
 func ping(server string, timeout time.Duration, log *zap.Logger) int {
-	if err := eventserver.Ping(server, timeout); err != nil {
+	if err := probe.Ping(server, timeout); err != nil {
 		log.Error("test_echo_server", logging.Fail, zap.String("server", server), zap.Error(err))
 		return exitFail
 	}

@@ -1,4 +1,7 @@
-package eventserver
+// Package probe is the event server's health check client: a plaintext PING
+// that needs no agency key and leaves no trace in the store. It depends on
+// the frame package only, so the probe binary stays small.
+package probe
 
 import (
 	"bytes"
