@@ -13,10 +13,13 @@ BENCH_SCALE ?= 10,100,1000,10000
 BENCH_SCALE_TOTAL ?= 1000000
 BENCH_BIG_BETS ?= 2000000
 BENCH_BIG_REPS ?= 3
+BENCH_STORE ?= temp
+BENCH_PG_AGENCIES ?= 10,100,1000
+BENCH_PG_TOTAL ?= 500000
 BENCH_FLAGS ?=
 BENCH_BINS := --server-bin $(BIN)/eventserver --agency-bin $(BIN)/agency --keygen-bin $(BIN)/keygen --gendata-bin $(BIN)/gendata
 
-.PHONY: bench bench-scale bench-smoke bench-big
+.PHONY: bench bench-scale bench-smoke bench-big bench-pg
 
 
 bench: build ## both servers secured at BENCH_AGENCIES agencies, vs --insecure, gnet with metrics, the course-shaped end to end, the machine's limits
@@ -35,3 +38,8 @@ bench-smoke: build ## tiny bench of both servers secured, and the course-shaped 
 bench-big: build ## two agencies × BENCH_BIG_BETS bets each, real bin/agency processes, against both servers
 	$(BENCH) $(BENCH_BINS) --agencies none --big-bets $(BENCH_BIG_BETS) --big-reps $(BENCH_BIG_REPS) --data-dir $(BENCH_TMP) \
 		--json $(BENCH_OUT)/big.json --table $(BENCH_OUT)/big.txt $(BENCH_FLAGS)
+
+bench-pg: build ## the file store vs PostgreSQL behind 1 and 2 front ends, same total bets at each K (BENCH_STORE=temp: a throwaway cluster, fsync on; or postgres://... where bench may CREATE DATABASE)
+	$(BENCH) --store $(BENCH_STORE) --fronts 1,2 --agencies $(BENCH_PG_AGENCIES) --total-bets $(BENCH_PG_TOTAL) \
+		--server-bin $(BIN)/eventserver --keygen-bin $(BIN)/keygen --data-dir $(BENCH_TMP) \
+		--json $(BENCH_OUT)/pg.json --table $(BENCH_OUT)/pg.txt $(BENCH_FLAGS)

@@ -15,4 +15,9 @@
 // secured with --insecure and metrics on with off, estimate what the
 // chain's hashing costs, and time real bin/agency processes end to end
 // over files bin/gendata writes (the course's five, or two big ones).
+//
+// With --store (RunScaleOut) it measures the store instead: at each K,
+// the gnet server on the file store, then one and two gnet front ends
+// sharing one PostgreSQL database, the agencies split across them; bets/s,
+// ACK latency and the commit latency each front end's /metrics reports.
 package bench

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -25,7 +26,12 @@ var ErrBrokenRun = errors.New("server under test misbehaved")
 
 // driveConfig says how drive runs the agencies against one server.
 type driveConfig struct {
-	Addr            string
+	Addr string
+	// Addrs, when set, are front ends sharing one store: agency id tries
+	// them in turn from Addrs[(id-1) % len(Addrs)] on, moving to the next
+	// when a dial fails, as bin/agency --server a,b does; each agency's
+	// answers are checked the same whichever front end it lands on.
+	Addrs           []string
 	Agencies        int
 	Sets            []*dataset // agency a uploads Sets[(a-1) % len(Sets)]
 	Keys            *keyring   // the agencies' keys; nil speaks plaintext to an --insecure server
@@ -53,10 +59,12 @@ type driveResult struct {
 	Window            int             // the largest window WELCOME announced
 	Pings             int64           // the server's PINGs answered
 	Root              frame.Hash      // the commitment every agency got
+	PerFront          []int           // with Addrs: agencies that ended on each front end
 }
 
 // agencyResult is what one agency measured; written by its goroutine only.
 type agencyResult struct {
+	front      int // index in Addrs of the front end it ended on
 	handshake  time.Duration
 	window     int
 	latencies  []time.Duration
@@ -193,12 +201,18 @@ func (d *driver) summarize(res driveResult, startAt time.Time) (driveResult, err
 	res.Handshakes = make([]time.Duration, 0, len(d.results))
 	res.Window = d.results[0].window
 	res.Root = d.results[0].commitment.Root
+	if n := len(d.cfg.Addrs); n > 0 {
+		res.PerFront = make([]int, n)
+	}
 	for i, r := range d.results {
 		id := i + 1
 		res.Window = max(res.Window, r.window)
 		if r.commitment.Root != res.Root {
-			return driveResult{}, fmt.Errorf("%w: agency %d got commitment root %x, agency 1 got %x", ErrBrokenRun, id,
-				r.commitment.Root, res.Root)
+			return driveResult{}, fmt.Errorf("%w: agency %d got commitment root %x%s, agency 1 got %x%s", ErrBrokenRun, id,
+				r.commitment.Root, d.onFront(r.front), res.Root, d.onFront(d.results[0].front))
+		}
+		if res.PerFront != nil {
+			res.PerFront[r.front]++
 		}
 		res.Latencies = append(res.Latencies, r.latencies...)
 		res.Handshakes = append(res.Handshakes, r.handshake)
@@ -219,6 +233,25 @@ func (d *driver) summarize(res driveResult, startAt time.Time) (driveResult, err
 }
 
 func (d *driver) set(id uint32) *dataset { return d.cfg.Sets[int(id-1)%len(d.cfg.Sets)] }
+
+// route is the addresses agency id tries, in order, with the index in
+// Addrs of the first.
+func (d *driver) route(id uint32) ([]string, int) {
+	n := len(d.cfg.Addrs)
+	if n == 0 {
+		return []string{d.cfg.Addr}, 0
+	}
+	first := int(id-1) % n
+	return append(slices.Clone(d.cfg.Addrs[first:]), d.cfg.Addrs[:first]...), first
+}
+
+// onFront names front end i in messages about agencies, when there are several.
+func (d *driver) onFront(i int) string {
+	if len(d.cfg.Addrs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" from front end %d (%s)", i+1, d.cfg.Addrs[i])
+}
 
 func (d *driver) dialer(id uint32) *net.Dialer {
 	dl := &net.Dialer{Timeout: 30 * time.Second}
@@ -278,6 +311,7 @@ func (d *driver) agency(ctx context.Context, id uint32) error {
 	}
 	defer c.close()
 	res.handshake = time.Since(began)
+	res.front = c.front
 	if w.Held != 0 || w.Finished || w.Chain != receipt.Empty() || w.Window < 1 {
 		return c.unexpected(w, "WELCOME holding nothing, with a window (the data directory is fresh)")
 	}
@@ -331,7 +365,8 @@ func (d *driver) agency(ctx context.Context, id uint32) error {
 	res.winnersAt = time.Now()
 	res.commitment = commitment
 	if !slices.Equal(docs, ds.winners) {
-		return fmt.Errorf("%w: agency %d got %d winners %v, want %d %v", ErrBrokenRun, id, len(docs), clip(docs), len(ds.winners), clip(ds.winners))
+		return fmt.Errorf("%w: agency %d got %d winners %v%s, want %d %v", ErrBrokenRun, id, len(docs), clip(docs), d.onFront(c.front),
+			len(ds.winners), clip(ds.winners))
 	}
 	prog.winners.Add(1)
 	d.delivered.arrive()
@@ -374,6 +409,7 @@ func clip(s []string) []string {
 // agencyConn is an agency's connection, plaintext or secured.
 type agencyConn struct {
 	id    uint32
+	front int // index in driveConfig.Addrs of the front end it is connected to
 	nc    net.Conn
 	src   frame.Source
 	w     io.Writer // takes whole frames; safe for concurrent use (PONGs while the writer sends)
@@ -385,11 +421,20 @@ type agencyConn struct {
 // connect dials, handshakes when the run is keyed, sends HELLO and returns
 // the WELCOME.
 func (d *driver) connect(ctx context.Context, id uint32) (*agencyConn, *frame.Welcome, error) {
-	nc, err := d.dialer(id).DialContext(ctx, "tcp", d.cfg.Addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("agency %d: connect to %s: %w", id, d.cfg.Addr, err)
+	addrs, first := d.route(id)
+	var nc net.Conn
+	var err error
+	front := first
+	for i, addr := range addrs {
+		if nc, err = d.dialer(id).DialContext(ctx, "tcp", addr); err == nil || ctx.Err() != nil {
+			front = (first + i) % len(addrs)
+			break
+		}
 	}
-	c := &agencyConn{id: id, nc: nc, pings: &d.pings}
+	if err != nil {
+		return nil, nil, fmt.Errorf("agency %d: connect to %s: %w", id, strings.Join(addrs, ","), err)
+	}
+	c := &agencyConn{id: id, front: front, nc: nc, pings: &d.pings}
 	c.stop = context.AfterFunc(ctx, func() { nc.Close() })
 	if d.cfg.Timeout > 0 {
 		nc.SetDeadline(time.Now().Add(d.cfg.Timeout))

@@ -16,10 +16,23 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
 	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/persist/pgstore/pgtest"
 	"github.com/tp0/loteria/receipt"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain starts the PostgreSQL cluster the "postgres" backend takes a
+// fresh database from, one per test (with CI=true a cluster that cannot
+// start fails the run), then checks that no goroutine was left behind.
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // winning is the winning number of every lottery in these tests.
 const winning = 7574
@@ -28,6 +41,8 @@ const winning = 7574
 var errInjected = errors.New("injected backend failure")
 
 // backend is one persist.Backend implementation the suite runs against.
+// Where backends promise different things, a field says which promise this
+// one makes, and the test of the other promise says why it does not apply.
 type backend struct {
 	name string
 	// open creates an empty store of agencies agencies drawing winning,
@@ -37,10 +52,28 @@ type backend struct {
 	// faulty is open, but once fail is called the next commit fails after
 	// writing as much of the group as the backend can before it reports.
 	faulty func(t *testing.T, agencies int, winning uint16) (b persist.Backend, fail func(), reopen func() persist.Backend)
+	// lossy is open, but once lose is called the next commit fails with
+	// persist.ErrUnavailable, as when the connection to a database breaks:
+	// before the group is durable (lostBefore) or after (lostAfter, an
+	// answer lost on the way back). The store must stay up and reload
+	// before planning again. nil for a crash-only backend, whose every
+	// failed commit breaks the store (TestCommitFailure).
+	lossy func(t *testing.T, agencies int, winning uint16) (b persist.Backend, lose func(when lossPoint), reopen func() persist.Backend)
+	// shared says reopen may be called while the backend open returned is
+	// still open: each is another server writing the same data, and the
+	// database, not the writer, keeps each agency's index exact.
+	shared bool
 }
 
+// lossPoint is where a lossy backend's commit loses its connection.
+type lossPoint int
+
+const (
+	lostBefore lossPoint = iota + 1 // nothing of the group is durable
+	lostAfter                       // all of it is, but its answer never came
+)
+
 // backends is every backend the suite checks; the file store comes first.
-// A PostgreSQL backend joins this table with its own open and faulty.
 var backends = []backend{
 	{
 		name: "file",
@@ -49,6 +82,7 @@ var backends = []backend{
 			return b, reopen
 		},
 		faulty: openFileBackend,
+		// lossy: nil, crash-only; shared: false, one server owns its directory.
 	},
 	{
 		name: "memory",
@@ -56,7 +90,45 @@ var backends = []backend{
 			b, _, reopen := openMemBackend(t, agencies, winning)
 			return b, reopen
 		},
-		faulty: openMemBackend,
+		faulty: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func(), func() persist.Backend) {
+			b, d, reopen := openMemBackend(t, agencies, winning)
+			return b, func() { d.failNext(failBroken) }, reopen
+		},
+		lossy: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func(lossPoint), func() persist.Backend) {
+			b, d, reopen := openMemBackend(t, agencies, winning)
+			return b, func(p lossPoint) {
+				if p == lostBefore {
+					d.failNext(failLostBefore)
+				} else {
+					d.failNext(failLostAfter)
+				}
+			}, reopen
+		},
+		// shared: false, it is not a persist.Watcher.
+	},
+	{
+		name: "postgres",
+		open: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func() persist.Backend) {
+			b, _, reopen := openPGBackend(t, agencies, winning)
+			return b, reopen
+		},
+		faulty: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func(), func() persist.Backend) {
+			b, f, reopen := openPGBackend(t, agencies, winning)
+			// A bug, not a lost connection: rows copied and agencies
+			// updated, then the transaction rolls back and the store breaks.
+			return b, func() { f.failAt("updated", errInjected) }, reopen
+		},
+		lossy: func(t *testing.T, agencies int, winning uint16) (persist.Backend, func(lossPoint), func() persist.Backend) {
+			b, f, reopen := openPGBackend(t, agencies, winning)
+			return b, func(p lossPoint) {
+				if p == lostBefore {
+					f.failAt("updated", errConnLost) // rolled back
+				} else {
+					f.failAt("committed", errConnLost) // COMMIT went through
+				}
+			}, reopen
+		},
+		shared: true,
 	},
 }
 
@@ -101,7 +173,26 @@ type memData struct {
 	winning  uint16
 	agencies []persist.Agency // chains owned here, handed out as clones
 	rows     []row
-	fail     bool
+	fail     failure // how the next commit fails; 0: it does not
+	lost     bool    // a commit failed with ErrUnavailable: the writer may reload
+}
+
+// failure is how a memory backend's next commit fails.
+type failure int
+
+const (
+	failBroken     failure = iota + 1 // errInjected, nothing applied: the store breaks
+	failLostBefore                    // ErrUnavailable, nothing applied
+	failLostAfter                     // ErrUnavailable, the group applied
+)
+
+// errLost is what a memory backend says when it plays a lost connection.
+var errLost = fmt.Errorf("%w: memory backend: injected lost connection", persist.ErrUnavailable)
+
+func (d *memData) failNext(f failure) {
+	d.mu.Lock()
+	d.fail = f
+	d.mu.Unlock()
 }
 
 type row struct {
@@ -118,7 +209,7 @@ type memBackend struct {
 	closed bool
 }
 
-func openMemBackend(t *testing.T, agencies int, winning uint16) (persist.Backend, func(), func() persist.Backend) {
+func openMemBackend(t *testing.T, agencies int, winning uint16) (persist.Backend, *memData, func() persist.Backend) {
 	t.Helper()
 	d := &memData{winning: winning, agencies: make([]persist.Agency, agencies)}
 	copy(d.lottery[:], fmt.Sprintf("memory lottery %p", d))
@@ -135,12 +226,7 @@ func openMemBackend(t *testing.T, agencies int, winning uint16) (persist.Backend
 		d.open = true
 		return &memBackend{d: d}
 	}
-	fail := func() {
-		d.mu.Lock()
-		d.fail = true
-		d.mu.Unlock()
-	}
-	return open(), fail, open
+	return open(), d, open
 }
 
 func (m *memBackend) State() (*persist.State, error) {
@@ -160,9 +246,13 @@ func (m *memBackend) Commit(g *persist.Group) error {
 	if m.closed {
 		return errors.New("memory backend: commit after close")
 	}
-	if m.d.fail {
-		m.d.fail = false
+	switch m.d.fail {
+	case failBroken:
+		m.d.fail = 0
 		return errInjected
+	case failLostBefore:
+		m.d.fail, m.d.lost = 0, true
+		return errLost
 	}
 	// Replay the group on copies; apply nothing unless all of it holds.
 	held := map[uint32]uint64{}
@@ -212,11 +302,27 @@ func (m *memBackend) Commit(g *persist.Group) error {
 			a.Finished, a.Total = true, c.Total
 		}
 	}
+	if m.d.fail == failLostAfter {
+		m.d.fail, m.d.lost = 0, true
+		return errLost
+	}
 	return nil
 }
 
-func (m *memBackend) Reload([]uint32) ([]persist.Agency, error) {
-	return nil, errors.New("memory backend: no other writer, nothing to reload")
+// Reload is for after a lost commit only: no other writer shares a memory
+// backend, so a writer reloading at any other time has a bug.
+func (m *memBackend) Reload(ids []uint32) ([]persist.Agency, error) {
+	m.d.mu.Lock()
+	defer m.d.mu.Unlock()
+	if !m.d.lost {
+		return nil, errors.New("memory backend: reload, but no commit was lost and no other writer exists")
+	}
+	out := make([]persist.Agency, len(ids))
+	for i, a := range ids {
+		out[i] = m.d.agencies[a-1]
+		out[i].Chain = out[i].Chain.Clone()
+	}
+	return out, nil
 }
 
 func (m *memBackend) Winners() (map[uint32][]string, error) {

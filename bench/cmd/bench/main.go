@@ -5,6 +5,7 @@
 // checks every run's result before reporting it.
 //
 //	bench [flags]                 run the benchmark (see --help)
+//	bench --store temp|URL [flags] the file store against PostgreSQL behind one and two front ends
 //	bench serve-stdlib [flags]    run the baseline server (started by bench itself)
 //
 // Exit status: 0 on success, 1 when a run fails or is wrong, 2 for bad
@@ -84,12 +85,17 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	diskTime := fs.Duration("disk-time", 2*time.Second, "how long the disk test runs")
 	skipLimits := fs.Bool("skip-limits", false, "do not measure loopback and disk limits")
 	quiet := fs.Bool("quiet", false, "no progress display")
+	store := fs.String("store", "", "instead: gnet front ends sharing PostgreSQL next to the file store at each K; temp starts a "+
+		"throwaway cluster (fsync on), postgres://... names a server where bench may CREATE DATABASE (a fresh one per run)")
+	fronts := fs.String("fronts", "1,2", "with --store: front ends sharing the database, a comma list runs each")
+	fileStore := fs.Bool("file-store", true, "with --store: also run one front end on the file store at each K, to compare with")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [flags]\n"+
 			"Starts each server as a child process on 127.0.0.1 with a fresh data directory, at its defaults (secured with\n"+
 			"keys bin/keygen writes, default log level and window), drives the agencies, checks the stored bets and the\n"+
 			"winners, restarts the server for a reconnect storm, and prints a table (--json, --svg for files). With\n"+
-			"--course-reps or --big-bets it also times real bin/agency processes end to end.\n"+
+			"--course-reps or --big-bets it also times real bin/agency processes end to end. With --store it compares\n"+
+			"the file store with PostgreSQL behind --fronts front ends instead, at each K.\n"+
 			"(bench serve-stdlib [flags] runs the baseline server; bench starts it itself.)\n\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
@@ -163,6 +169,19 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	if _, err := logging.ParseLevel(*logLevel); *logLevel != "" && err != nil {
 		fmt.Fprintf(stderr, "bench: --server-log-level: %v\n", err)
 		return 2
+	}
+	if *store != "" || fs.Changed("fronts") || fs.Changed("file-store") {
+		ns, err := parseInts(*fronts)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: --fronts: %v\n", err)
+			return 2
+		}
+		return runScaleOut(fs, bench.ScaleOutOptions{
+			Store: *store, Fronts: ns, FileStore: *fileStore, Agencies: ks, Bets: *bets, TotalBets: *totalBets, Batch: *batch,
+			Distinct: *distinct, WinningNumber: uint16(*winning), Seed: *seed, ServerBin: *serverBin, KeygenBin: *keygenBin,
+			DataDir: *dataDir, KeepData: *keep, ServerLogLevel: *logLevel, Insecure: *insecure, Repeat: *repeat,
+			DialConcurrency: *dialConc, Timeout: *timeout, Log: opts.Log, TTY: opts.TTY,
+		}, *jsonOut, *tableOut, stdout, stderr, sigs)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
