@@ -33,7 +33,6 @@ const (
 
 // Connection states accepted by Lottery.ConnectionMoved; "" means none.
 const (
-	stateHandshake     = "handshake"
 	stateAwaitingHello = "awaiting_hello"
 	stateUploading     = "uploading"
 	stateWaiting       = "waiting"
@@ -52,7 +51,7 @@ const (
 // Label values in the order of the arrays in Lottery.
 var (
 	batchResults   = [...]string{batchStored, batchReplay, batchRejected, other}
-	connStates     = [...]string{stateHandshake, stateAwaitingHello, stateUploading, stateWaiting, stateWinnersSent}
+	connStates     = [...]string{stateAwaitingHello, stateUploading, stateWaiting, stateWinnersSent}
 	refusalReasons = [...]string{refusedTooManyConns, refusedShuttingDown, refusedUnknownKey, refusedPlaintext, refusedHandshake, other}
 )
 
@@ -264,7 +263,7 @@ func countCode(children []prometheus.Counter, code frame.Code) {
 }
 
 // ConnectionMoved moves one connection from state from to state to. States
-// are "handshake", "awaiting_hello", "uploading", "waiting" and
+// are "awaiting_hello" (a secured connection's handshake included), "uploading", "waiting" and
 // "winners_sent"; "" is none (a new connection comes from "", a closed one
 // goes to ""), and any other name is ignored on its side only, so "closed"
 // works like "".
@@ -282,16 +281,14 @@ func (m *Lottery) ConnectionMoved(from, to string) {
 
 func stateIndex(s string) int {
 	switch s {
-	case stateHandshake:
-		return 0
 	case stateAwaitingHello:
-		return 1
+		return 0
 	case stateUploading:
-		return 2
+		return 1
 	case stateWaiting:
-		return 3
+		return 2
 	case stateWinnersSent:
-		return 4
+		return 3
 	}
 	return -1
 }

@@ -58,8 +58,8 @@ func TestMethodsChangeTheirSeries(t *testing.T) {
 		{"ErrorSent out of range", func(m *Lottery) { m.ErrorSent(1000) }, map[string]float64{
 			`lottery_errors_sent_total{code="other"}`: 1,
 		}},
-		{"ConnectionMoved open", func(m *Lottery) { m.ConnectionMoved("", stateHandshake) }, map[string]float64{
-			`lottery_connections{state="handshake"}`: 1,
+		{"ConnectionMoved open", func(m *Lottery) { m.ConnectionMoved("", stateAwaitingHello) }, map[string]float64{
+			`lottery_connections{state="awaiting_hello"}`: 1,
 		}},
 		{"ConnectionMoved between states", func(m *Lottery) { m.ConnectionMoved(stateUploading, stateWaiting) }, map[string]float64{
 			`lottery_connections{state="uploading"}`: -1, `lottery_connections{state="waiting"}`: 1,
@@ -152,7 +152,7 @@ func TestSeriesExistFromTheStart(t *testing.T) {
 		want[fmt.Sprintf("lottery_batches_total{result=%q}", r)] = 0
 		want[fmt.Sprintf("lottery_batch_bets_total{result=%q}", r)] = 0
 	}
-	for _, s := range []string{"handshake", "awaiting_hello", "uploading", "waiting", "winners_sent"} {
+	for _, s := range []string{"awaiting_hello", "uploading", "waiting", "winners_sent"} {
 		want[fmt.Sprintf("lottery_connections{state=%q}", s)] = 0
 	}
 	for _, r := range []string{"too_many_connections", "shutting_down", "unknown_key", "plaintext", "handshake", "other"} {
@@ -264,9 +264,9 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 		m.FrameRejected(frame.CodeInvalidBet)
 		m.FrameRejected(9999)
 		m.ErrorSent(frame.CodeFlood)
-		m.ConnectionMoved("", stateHandshake)
-		m.ConnectionMoved(stateHandshake, stateAwaitingHello)
-		m.ConnectionMoved(stateAwaitingHello, "")
+		m.ConnectionMoved("", stateAwaitingHello)
+		m.ConnectionMoved(stateAwaitingHello, stateUploading)
+		m.ConnectionMoved(stateUploading, "")
 		m.ConnectionRefused(refusedPlaintext)
 		m.ConnectionRefused("unknown")
 		m.Handshake(true, time.Millisecond)
