@@ -344,30 +344,38 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 // median bets/s (the lower of the middle two), noting every repetition's
 // bets/s in it; variants keep their order.
 func medianRuns(runs []RunResult) []RunResult {
-	var order []variant
-	byVariant := map[variant][]RunResult{}
+	return medianOf(runs, func(r RunResult) variant { return r.variant() }, func(r RunResult) float64 { return r.BetsPerSec },
+		func(r *RunResult, all []float64) { r.RepeatBetsPerSec = all })
+}
+
+// medianOf groups runs by key, in the order keys first appear, and keeps of
+// each group the run with the median rate (the lower of the middle two),
+// handing note every rate of the group when it has more than one.
+func medianOf[R any, K comparable](runs []R, key func(R) K, rate func(R) float64, note func(*R, []float64)) []R {
+	var order []K
+	by := map[K][]R{}
 	for _, r := range runs {
-		v := r.variant()
-		if _, ok := byVariant[v]; !ok {
-			order = append(order, v)
+		k := key(r)
+		if _, ok := by[k]; !ok {
+			order = append(order, k)
 		}
-		byVariant[v] = append(byVariant[v], r)
+		by[k] = append(by[k], r)
 	}
-	out := make([]RunResult, 0, len(order))
-	for _, v := range order {
-		rs := byVariant[v]
+	out := make([]R, 0, len(order))
+	for _, k := range order {
+		rs := by[k]
 		if len(rs) == 1 {
 			out = append(out, rs[0])
 			continue
 		}
 		all := make([]float64, len(rs))
 		for i, r := range rs {
-			all[i] = r.BetsPerSec
+			all[i] = rate(r)
 		}
 		sorted := slices.Clone(rs)
-		slices.SortStableFunc(sorted, func(a, b RunResult) int { return cmpFloat(a.BetsPerSec, b.BetsPerSec) })
+		slices.SortStableFunc(sorted, func(a, b R) int { return cmpFloat(rate(a), rate(b)) })
 		m := sorted[(len(sorted)-1)/2]
-		m.RepeatBetsPerSec = all
+		note(&m, all)
 		out = append(out, m)
 	}
 	return out

@@ -334,33 +334,8 @@ func medianScaleOut(runs []ScaleOutRun) []ScaleOutRun {
 		store  string
 		fronts int
 	}
-	var order []key
-	by := map[key][]ScaleOutRun{}
-	for _, r := range runs {
-		k := key{r.Store, r.Fronts}
-		if _, ok := by[k]; !ok {
-			order = append(order, k)
-		}
-		by[k] = append(by[k], r)
-	}
-	out := make([]ScaleOutRun, 0, len(order))
-	for _, k := range order {
-		rs := by[k]
-		if len(rs) == 1 {
-			out = append(out, rs[0])
-			continue
-		}
-		all := make([]float64, len(rs))
-		for i, r := range rs {
-			all[i] = r.BetsPerSec
-		}
-		sorted := slices.Clone(rs)
-		slices.SortStableFunc(sorted, func(a, b ScaleOutRun) int { return cmpFloat(a.BetsPerSec, b.BetsPerSec) })
-		m := sorted[(len(sorted)-1)/2]
-		m.RepeatBetsPerSec = all
-		out = append(out, m)
-	}
-	return out
+	return medianOf(runs, func(r ScaleOutRun) key { return key{r.Store, r.Fronts} },
+		func(r ScaleOutRun) float64 { return r.BetsPerSec }, func(r *ScaleOutRun, all []float64) { r.RepeatBetsPerSec = all })
 }
 
 // compareWithFile sets each PostgreSQL run's bets/s over the file store's

@@ -83,7 +83,7 @@ const (
 	CodeShuttingDown    Code = 14 // the server is draining
 	CodeStorage         Code = 15 // the server could not store the data
 	CodeBusy            Code = 16 // the store queue is full; retry later
-	CodeFlood           Code = 17 // unread bytes piled up, or the peer did not read its answers
+	CodeFlood           Code = 17 // too many unread bytes, or the peer did not read its answers
 	CodeUnknownKey      Code = 18 // the handshake's static key belongs to no agency
 	CodeWrongAgency     Code = 19 // HELLO names another agency than the connection's key
 	CodeSecureRequired  Code = 20 // a plaintext frame other than PING on a secured server
