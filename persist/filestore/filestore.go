@@ -288,7 +288,7 @@ func LoadDir(dir string) func(yield func(Bet, error) bool) {
 	return loadFile(filepath.Join(dir, BetsFile), limit)
 }
 
-// winnersOf appends agency's winning document to the in-memory index.
+// addWinner appends b's document to the in-memory index if it won.
 func (s *Store) addWinner(agency uint32, b *frame.Bet) {
 	if b.Number == s.opts.WinningNumber {
 		s.winners[agency] = append(s.winners[agency], strings.Clone(b.Document))
