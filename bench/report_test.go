@@ -117,8 +117,8 @@ func comparisonRuns() []RunResult {
 		{Impl: ImplGnet, Security: Secure, Metrics: true, Agencies: 2000, BetsPerSec: 1.764e6, CPUSecPerMillionBets: 0.41, MetricsBetsStored: 2e6},
 		{Impl: ImplGnet, Security: Insecure, Agencies: 2000, BetsPerSec: 1.9e6, CPUSecPerMillionBets: 0.3, HandshakesPerSec: 20000},
 		{Impl: ImplStdlib, Security: Insecure, Agencies: 2000, BetsPerSec: 1.5e6, CPUSecPerMillionBets: 0.6},
-		{Impl: ImplGnet, Security: Secure, Agencies: 10000, BetsPerSec: 1e6, CPUSecPerMillionBets: 0.6, DrawToLastWinnersMs: 80,
-			RSSPerWaitingConnBytes: 5000, StormSec: 4.2},
+		{Impl: ImplGnet, Security: Secure, Agencies: 10000, BetsPerSec: 1e6, CPUSecPerMillionBets: 0.6, ServerCPUSec: 3,
+			DrawToLastWinnersMs: 80, RSSPerWaitingConnBytes: 5000, StormSec: 4.2},
 	}
 }
 
@@ -145,6 +145,17 @@ func TestComparisonsPairTheRightRuns(t *testing.T) {
 	}
 	if hashingCost(runs, 0) != nil || hashingCost(nil, 12) != nil {
 		t.Error("a hashing estimate without a measurement")
+	}
+	// A run whose CPU total is a few clock ticks is not a measurement.
+	smoke := []RunResult{{Impl: ImplGnet, Security: Secure, Agencies: 20, CPUSecPerMillionBets: 10, ServerCPUSec: 0.04}}
+	if h := hashingCost(smoke, 12); h == nil || h.CPUResolved {
+		t.Errorf("hashing %+v, want an estimate marked unresolved (40 ms of CPU)", h)
+	}
+	if h := hashingCost(runs, 12); !h.CPUResolved {
+		t.Errorf("hashing %+v, want 3 s of CPU resolved", h)
+	}
+	if tg := computeTargets(&Report{Runs: smoke, Hashing: hashingCost(smoke, 12)}); len(tg) != 0 {
+		t.Errorf("targets %+v judged from 40 ms of CPU", tg)
 	}
 	// Only insecure runs: they are the main ones.
 	plain := []RunResult{runs[3], runs[4]}
