@@ -16,6 +16,7 @@ import (
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
 	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/persist/pgstore/pgtest"
 	"github.com/tp0/loteria/receipt"
 )
@@ -35,7 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 // winning is the winning number of every lottery in these tests.
-const winning = 7574
+const winning = persisttest.Winning
 
 // errInjected is the failure a faulty backend reports.
 var errInjected = errors.New("injected backend failure")
@@ -479,7 +480,7 @@ func do(t *testing.T, s *persist.Store, r persist.Request) persist.Result {
 }
 
 func batch(agency uint32, first uint64, n int) persist.Request {
-	return persist.Request{Agency: agency, First: first, Bets: stream(agency, first, n)}
+	return persist.Request{Agency: agency, First: first, Bets: persisttest.Bets(agency, first, n)}
 }
 
 func finish(agency uint32, total uint64) persist.Request {
@@ -497,42 +498,11 @@ func put(t *testing.T, s *persist.Store, agency uint32, first uint64, n int) per
 	return res
 }
 
-// Names that exercise the CSV quoting: commas, quotes, line breaks, UTF-8.
-var (
-	firstNames = []string{"Santiago Lionel", "María José", "Juan, Carlos", `Ana "La Rubia"`, "Zoë", "José\nLuis", "Ñandú", "O'Brien"}
-	lastNames  = []string{"Lorca", "Pérez García", "D'Alessandro", `"Quoted"`, "Müller, Jr.", "Nguyễn", "Smith\r\nJones", "Gómez"}
-)
-
-// betAt is bet i of agency's deterministic stream; one bet in four wins.
-func betAt(agency uint32, i uint64) frame.Bet {
-	k := int(i) + int(agency)*7
-	number := uint16((i*7919 + uint64(agency)*31) % 10000)
-	if k%4 == 0 {
-		number = winning
-	}
-	return frame.Bet{
-		FirstName: firstNames[k%len(firstNames)],
-		LastName:  lastNames[(k/3)%len(lastNames)],
-		Document:  fmt.Sprintf("%08d", uint64(agency)*100000+i%100000),
-		Birthdate: frame.NewDate(1940+k%60, 1+k%12, 1+k%28),
-		Number:    number,
-	}
-}
-
-// stream is bets [first, first+n) of agency's stream.
-func stream(agency uint32, first uint64, n int) []frame.Bet {
-	bets := make([]frame.Bet, n)
-	for i := range bets {
-		bets[i] = betAt(agency, first+uint64(i))
-	}
-	return bets
-}
-
 // winnersOf is the winning documents of each agency's first held[a] bets.
 func winnersOf(held map[uint32]uint64) map[uint32][]string {
 	out := map[uint32][]string{}
 	for a, n := range held {
-		for _, b := range stream(a, 0, int(n)) {
+		for _, b := range persisttest.Bets(a, 0, int(n)) {
 			if b.Number == winning {
 				out[a] = append(out[a], b.Document)
 			}
@@ -554,7 +524,7 @@ func (a agencyState) String() string {
 
 // want is the state of an agency holding the first held bets of its stream.
 func want(agency uint32, held uint64, finished bool) agencyState {
-	return agencyState{held, finished, receipt.ChainOf(stream(agency, 0, int(held)))}
+	return agencyState{held, finished, receipt.ChainOf(persisttest.Bets(agency, 0, int(held)))}
 }
 
 // checkStatus fails the test unless every agency's Status and the

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/receipt"
 )
 
@@ -37,7 +38,7 @@ func checkResult(t *testing.T, st step, res persist.Result) {
 		t.Errorf("%s: Stored %d Held %d, want Stored %d Held %d", st.name, res.Stored, res.Held, st.stored, st.held)
 	}
 	if st.err == nil {
-		if w := receipt.ChainOf(stream(st.req.Agency, 0, int(st.held))); res.Chain != w {
+		if w := receipt.ChainOf(persisttest.Bets(st.req.Agency, 0, int(st.held))); res.Chain != w {
 			t.Errorf("%s: chain %x, want the chain over bets 0..%d %x", st.name, res.Chain[:4], st.held, w[:4])
 		}
 	}
@@ -90,7 +91,7 @@ func TestExactlyOnce(t *testing.T) {
 		run(t, s, []step{
 			{"first batch", batch(1, 0, 5), 5, 5, nil},
 			{"replay", batch(1, 0, 5), 0, 5, nil},
-			{"replay with other content", persist.Request{Agency: 1, First: 0, Bets: stream(3, 50, 5)}, 0, 5, nil},
+			{"replay with other content", persist.Request{Agency: 1, First: 0, Bets: persisttest.Bets(3, 50, 5)}, 0, 5, nil},
 			{"replay of a middle slice", batch(1, 2, 3), 0, 5, nil},
 			{"overlap stores only the new bets", batch(1, 3, 4), 2, 7, nil},
 			{"gap", batch(1, 8, 2), 0, 7, persist.ErrIndexGap},
@@ -254,7 +255,7 @@ func TestGroupCommit(t *testing.T) {
 				}
 				wantHeld := uint64((k + 1) * batchSize)
 				if o.res.Err != nil || o.res.Stored != batchSize || o.res.Held != wantHeld ||
-					o.res.Chain != receipt.ChainOf(stream(uint32(a+1), 0, int(wantHeld))) {
+					o.res.Chain != receipt.ChainOf(persisttest.Bets(uint32(a+1), 0, int(wantHeld))) {
 					t.Fatalf("agency %d batch %d: %+v, want Stored %d Held %d and its chain", a+1, k, o.res, batchSize, wantHeld)
 				}
 			}
@@ -351,7 +352,7 @@ func TestCloseDrainsQueue(t *testing.T) {
 		closed := make(chan error, 1)
 		go func() { closed <- s.Close() }()
 		waitFor(t, draining, "Close to start draining")
-		late := &persist.Request{Agency: 2, First: 30, Bets: stream(2, 30, 1), Done: func(persist.Result) {
+		late := &persist.Request{Agency: 2, First: 30, Bets: persisttest.Bets(2, 30, 1), Done: func(persist.Result) {
 			t.Error("Done called for a request Submit refused")
 		}}
 		if err := s.Submit(late); !errors.Is(err, persist.ErrClosed) {
@@ -521,7 +522,7 @@ func TestTamper(t *testing.T) {
 		withTamper.Tamper = tamper
 		s := newStore(t, b, withTamper)
 
-		stored := stream(2, 0, 5) // what agency 2 ends up with
+		stored := persisttest.Bets(2, 0, 5) // what agency 2 ends up with
 		stored[0].FirstName, stored[3].FirstName = "Tampered", "Tampered"
 		put(t, s, 1, 0, 3)
 		if res := do(t, s, batch(2, 0, 3)); res.Err != nil || res.Stored != 3 || res.Chain != receipt.ChainOf(stored[:3]) {
@@ -539,7 +540,7 @@ func TestTamper(t *testing.T) {
 		if want := []string{"1@0+3", "2@0+3", "2@3+2"}; !slices.Equal(got, want) {
 			t.Errorf("Tamper saw %v, want %v: once per batch, with only the new bets", got, want)
 		}
-		if receipt.ChainOf(stream(2, 0, 5)) == receipt.ChainOf(stored) {
+		if receipt.ChainOf(persisttest.Bets(2, 0, 5)) == receipt.ChainOf(stored) {
 			t.Fatal("tampering did not change the chain")
 		}
 		wantState := []agencyState{want(1, 3, false), {5, false, receipt.ChainOf(stored)}}

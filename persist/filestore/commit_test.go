@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/receipt"
 )
 
@@ -25,10 +26,10 @@ func group(s *Store, batches ...[3]int) *persist.Group {
 	g := &persist.Group{}
 	for _, b := range batches {
 		agency, first, n := uint32(b[0]), uint64(b[1]), b[2]
-		bets := stream(agency, first, n)
+		bets := persisttest.Bets(agency, first, n)
 		g.Rows = append(g.Rows, persist.Rows{Agency: agency, First: first, Bets: bets})
 		chain := receipt.NewChain()
-		for _, x := range stream(agency, 0, int(first)+n) {
+		for _, x := range persisttest.Bets(agency, 0, int(first)+n) {
 			chain.Add(&x)
 		}
 		g.Changes = append(g.Changes, persist.Change{Agency: agency, HeldBefore: st.Agencies[agency-1].Held,
@@ -108,7 +109,7 @@ func TestCommitFailure(t *testing.T) {
 			s.Close()
 
 			s = open(t, dir, testOpts)
-			checkState(t, s, slices.Concat(tagged(1, stream(1, 0, 5)), tagged(2, stream(2, 0, 3))), nil)
+			checkState(t, s, slices.Concat(tagged(1, persisttest.Bets(1, 0, 5)), tagged(2, persisttest.Bets(2, 0, 3))), nil)
 		})
 	}
 }
@@ -184,10 +185,10 @@ func TestCommitRows(t *testing.T) {
 	s := open(t, dir, testOpts)
 	journal := readFile(t, dir, JournalFile)
 	g := group(s, [3]int{2, 0, 3}, [3]int{1, 0, 2})
-	g.Rows = append(g.Rows, persist.Rows{Agency: 2, First: 3, Bets: stream(2, 3, 2)})
+	g.Rows = append(g.Rows, persist.Rows{Agency: 2, First: 3, Bets: persisttest.Bets(2, 3, 2)})
 	g.Changes[0].Held = 5
 	chain := receipt.NewChain()
-	for _, b := range stream(2, 0, 5) {
+	for _, b := range persisttest.Bets(2, 0, 5) {
 		chain.Add(&b)
 	}
 	g.Changes[0].Chain = chain
@@ -210,7 +211,7 @@ func TestCommitRows(t *testing.T) {
 	}
 	recs, _ := records(t, after[len(journal):])
 	wantRec := record{offset: int64(len(want)),
-		held:     []heldEntry{{2, 5, receipt.ChainOf(stream(2, 0, 5))}, {1, 2, receipt.ChainOf(stream(1, 0, 2))}},
+		held:     []heldEntry{{2, 5, receipt.ChainOf(persisttest.Bets(2, 0, 5))}, {1, 2, receipt.ChainOf(persisttest.Bets(1, 0, 2))}},
 		finished: []doneEntry{{1, 2}}}
 	if len(recs) != 1 || fmt.Sprintf("%+v", recs[0]) != fmt.Sprintf("%+v", wantRec) {
 		t.Errorf("journal records %+v, want one: %+v", recs, wantRec)
@@ -219,6 +220,6 @@ func TestCommitRows(t *testing.T) {
 		t.Errorf("Size %d, want %d", s.Size(), len(want))
 	}
 	s.Close()
-	checkState(t, open(t, dir, testOpts), slices.Concat(tagged(2, stream(2, 0, 3)), tagged(1, stream(1, 0, 2)), tagged(2, stream(2, 3, 2))),
+	checkState(t, open(t, dir, testOpts), slices.Concat(tagged(2, persisttest.Bets(2, 0, 3)), tagged(1, persisttest.Bets(1, 0, 2)), tagged(2, persisttest.Bets(2, 3, 2))),
 		map[uint32]uint64{1: 2})
 }

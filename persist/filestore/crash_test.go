@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/receipt"
 )
 
@@ -105,8 +106,8 @@ func TestCrashRecoveryKill(t *testing.T) {
 			if len(per[a]) != int(held) {
 				t.Fatalf("round %d agency %d: %d rows in bets.csv, the store holds %d", round, a, len(per[a]), held)
 			}
-			sameBets(t, tagged(a, per[a]), tagged(a, stream(a, 0, int(held))))
-			if ag.Chain.Sum() != receipt.ChainOf(stream(a, 0, int(held))) {
+			sameBets(t, tagged(a, per[a]), tagged(a, persisttest.Bets(a, 0, int(held))))
+			if ag.Chain.Sum() != receipt.ChainOf(persisttest.Bets(a, 0, int(held))) {
 				t.Fatalf("round %d agency %d: chain after recovery differs from the chain of its %d bets", round, a, held)
 			}
 			if held < log.acked[a] {
@@ -130,7 +131,7 @@ func TestCrashRecoveryKill(t *testing.T) {
 			before[a] = held
 		}
 		for _, ack := range log.chains {
-			if want := receipt.ChainOf(stream(ack.agency, 0, int(ack.held))); ack.chain != hex.EncodeToString(want[:]) {
+			if want := receipt.ChainOf(persisttest.Bets(ack.agency, 0, int(ack.held))); ack.chain != hex.EncodeToString(want[:]) {
 				t.Fatalf("round %d agency %d: acknowledged chain %s over %d bets, want %x", round, ack.agency, ack.chain, ack.held, want)
 			}
 		}
@@ -295,7 +296,7 @@ func crashChild(t *testing.T, dir string) {
 					first, count = held-back, count+int(back)
 				}
 				say("sub %d %d %d", a, first, count)
-				res := send(persist.Request{Agency: a, First: first, Bets: stream(a, first, count)})
+				res := send(persist.Request{Agency: a, First: first, Bets: persisttest.Bets(a, first, count)})
 				if res.Err != nil {
 					t.Errorf("agency %d batch at %d: %v", a, first, res.Err)
 					return

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/receipt"
 )
 
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-const winning = 7574
+const winning = persisttest.Winning
 
 var testOpts = Options{Agencies: 3, WinningNumber: winning}
 
@@ -96,37 +97,6 @@ func finish(t testing.TB, w *persist.Store, agency uint32, total uint64) {
 	if res := do(t, w, persist.Request{Agency: agency, Finish: true, Total: total}); res.Err != nil {
 		t.Fatalf("FINISHED of agency %d with %d: %v", agency, total, res.Err)
 	}
-}
-
-// Names that exercise the quoting: commas, quotes, line breaks and UTF-8.
-var (
-	firstNames = []string{"Santiago Lionel", "María José", "Juan, Carlos", `Ana "La Rubia"`, "Zoë", "José\nLuis", "Ñandú", "O'Brien"}
-	lastNames  = []string{"Lorca", "Pérez García", "D'Alessandro", `"Quoted"`, "Müller, Jr.", "Nguyễn", "Smith\r\nJones", "Gómez"}
-)
-
-// betAt is bet i of agency's deterministic stream; one bet in four wins.
-func betAt(agency uint32, i uint64) frame.Bet {
-	k := int(i) + int(agency)*7
-	number := uint16((i*7919 + uint64(agency)*31) % 10000)
-	if k%4 == 0 {
-		number = winning
-	}
-	return frame.Bet{
-		FirstName: firstNames[k%len(firstNames)],
-		LastName:  lastNames[(k/3)%len(lastNames)],
-		Document:  fmt.Sprintf("%08d", uint64(agency)*100000+i%100000),
-		Birthdate: frame.NewDate(1940+k%60, 1+k%12, 1+k%28),
-		Number:    number,
-	}
-}
-
-// stream is bets [first, first+n) of agency's stream.
-func stream(agency uint32, first uint64, n int) []frame.Bet {
-	bets := make([]frame.Bet, n)
-	for i := range bets {
-		bets[i] = betAt(agency, first+uint64(i))
-	}
-	return bets
 }
 
 // tagged attaches agency to bets, as they come back from LoadBets.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/persist"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/receipt"
 )
 
@@ -44,15 +45,15 @@ func newFixture(t *testing.T) *fixture {
 	opts := testOpts
 	opts.Sync = noSync
 	w := openWriter(t, f.dir, opts)
-	put(t, w, 1, 0, stream(1, 0, 5))
-	put(t, w, 2, 0, stream(2, 0, 3))
+	put(t, w, 1, 0, persisttest.Bets(1, 0, 5))
+	put(t, w, 2, 0, persisttest.Bets(2, 0, 3))
 	finish(t, w, 2, 3)
-	put(t, w, 1, 5, stream(1, 5, 3))
-	put(t, w, 3, 0, stream(3, 0, 4))
+	put(t, w, 1, 5, persisttest.Bets(1, 5, 3))
+	put(t, w, 3, 0, persisttest.Bets(3, 0, 4))
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	f.rows = slices.Concat(tagged(1, stream(1, 0, 5)), tagged(2, stream(2, 0, 3)), tagged(1, stream(1, 5, 3)), tagged(3, stream(3, 0, 4)))
+	f.rows = slices.Concat(tagged(1, persisttest.Bets(1, 0, 5)), tagged(2, persisttest.Bets(2, 0, 3)), tagged(1, persisttest.Bets(1, 5, 3)), tagged(3, persisttest.Bets(3, 0, 4)))
 	for _, b := range f.rows {
 		f.csv = AppendRow(f.csv, b.Agency, &b.Bet)
 		f.rowEnds = append(f.rowEnds, len(f.csv))
@@ -153,7 +154,7 @@ func TestRecoverRefuses(t *testing.T) {
 	}
 	noJournalGarbageThenRow := func(t *testing.T, dir string) {
 		os.Remove(filepath.Join(dir, JournalFile))
-		appendFile(t, dir, BetsFile, slices.Concat([]byte("1,not,a,row\r\n"), rowOf(1, betAt(1, 8))))
+		appendFile(t, dir, BetsFile, slices.Concat([]byte("1,not,a,row\r\n"), rowOf(1, persisttest.Bet(1, 8))))
 	}
 
 	tests := []struct {
@@ -205,11 +206,11 @@ func TestRecoverRefuses(t *testing.T) {
 			ErrCorrupt, []string{BetsFile, "holds 4 rows of agency 1", "says 5", "restore"}},
 		{"a record leaving out an agency's rows", setJournal(slices.Concat(f.journal[:f.ends[0]], appendRecord(nil, &record{
 			offset:   int64(len(f.csv)),
-			held:     []heldEntry{{1, 8, receipt.ChainOf(stream(1, 0, 8))}, {2, 3, receipt.ChainOf(stream(2, 0, 3))}},
+			held:     []heldEntry{{1, 8, receipt.ChainOf(persisttest.Bets(1, 0, 8))}, {2, 3, receipt.ChainOf(persisttest.Bets(2, 0, 3))}},
 			finished: []doneEntry{{2, 3}},
 		}))), false, ErrCorrupt, []string{BetsFile, "holds 15 rows", "says 11", "restore"}},
 		{"a winning row appended for a finished agency", func(t *testing.T, dir string) {
-			b := betAt(2, 3)
+			b := persisttest.Bet(2, 3)
 			b.Number = winning
 			appendFile(t, dir, BetsFile, rowOf(2, b))
 		}, false, ErrCorrupt, []string{"agency 2 finished with 3 bets", BetsFile, "holds 4", "restore"}},
@@ -265,11 +266,11 @@ func TestOpenLocked(t *testing.T) {
 	}
 	// The first store is unaffected, and the lock goes with it.
 	w := writerOver(t, s)
-	put(t, w, 3, 4, stream(3, 4, 2))
+	put(t, w, 3, 4, persisttest.Bets(3, 4, 2))
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	checkState(t, open(t, f.dir, testOpts), append(f.rows, tagged(3, stream(3, 4, 2))...), f.finished)
+	checkState(t, open(t, f.dir, testOpts), append(f.rows, tagged(3, persisttest.Bets(3, 4, 2))...), f.finished)
 }
 
 // TestRecoverStarts damages a data dir the way a crash can, or in ways the
@@ -284,13 +285,13 @@ func TestRecoverStarts(t *testing.T) {
 		garbage[i] = byte(rng.IntN(256))
 	}
 	garbage[0] = 0 // no row starts with a NUL
-	next1, next3 := rowOf(1, betAt(1, 8)), rowOf(3, betAt(3, 4))
+	next1, next3 := rowOf(1, persisttest.Bet(1, 8)), rowOf(3, persisttest.Bet(3, 4))
 	full := slices.Concat(next1, next3)
 	// A record a crash cut short: the one that would have vouched for full.
 	unfinished := appendRecord(nil, &record{offset: int64(len(f.csv) + len(full)),
-		held: []heldEntry{{1, 9, receipt.ChainOf(stream(1, 0, 9))}, {3, 5, receipt.ChainOf(stream(3, 0, 5))}}})
+		held: []heldEntry{{1, 9, receipt.ChainOf(persisttest.Bets(1, 0, 9))}, {3, 5, receipt.ChainOf(persisttest.Bets(3, 0, 5))}}})
 	corrupt := func(k int) []byte { return flip(f.journal, f.ends[k]-3) }
-	foreign := betAt(3, 77)
+	foreign := persisttest.Bet(3, 77)
 	foreign.Number = winning
 
 	tests := []struct {
@@ -312,7 +313,7 @@ func TestRecoverStarts(t *testing.T) {
 		{name: "half a row", moved: next1[:len(next1)/2]},
 		{name: "a row without its line break", moved: next1[:len(next1)-2]},
 		{name: "a row ending in a bare line feed", kept: slices.Concat(next1[:len(next1)-2], []byte("\n"))},
-		{name: "a row for an unknown agency", moved: rowOf(4, betAt(1, 8))},
+		{name: "a row for an unknown agency", moved: rowOf(4, persisttest.Bet(1, 8))},
 		{name: "a row with an invalid date", moved: []byte("1,Ana,Lorca,00000001,1999-02-30,7574\r\n")},
 		{name: "a row with a birthdate in the future", moved: []byte("1,Ana,Lorca,00000001,2999-01-01,7574\r\n")},
 		{name: "a row with an empty name", moved: []byte("1,,Lorca,00000001,1999-01-01,7574\r\n")},
@@ -423,7 +424,7 @@ func TestRecoverStarts(t *testing.T) {
 			// The store goes on from there, and the next start agrees.
 			w := writerOver(t, s)
 			held, _, _ := w.Status(3)
-			more := stream(3, 100, 2)
+			more := persisttest.Bets(3, 100, 2)
 			put(t, w, 3, held, more)
 			if err := w.Close(); err != nil {
 				t.Fatal(err)
@@ -628,12 +629,12 @@ func TestRecoverCycles(t *testing.T) {
 			// Some batches resend what is held already.
 			first := held[a] - min(held[a], uint64(rng.IntN(3)))
 			n := 1 + rng.IntN(15)
-			res := do(t, w, persist.Request{Agency: a, First: first, Bets: stream(a, first, n)})
+			res := do(t, w, persist.Request{Agency: a, First: first, Bets: persisttest.Bets(a, first, n)})
 			wantHeld := max(held[a], first+uint64(n))
-			if res.Err != nil || res.Held != wantHeld || res.Chain != receipt.ChainOf(stream(a, 0, int(wantHeld))) {
+			if res.Err != nil || res.Held != wantHeld || res.Chain != receipt.ChainOf(persisttest.Bets(a, 0, int(wantHeld))) {
 				t.Fatalf("cycle %d agency %d batch at %d of %d: %+v", cycle, a, first, n, res)
 			}
-			rows = append(rows, tagged(a, stream(a, held[a], int(res.Held-held[a])))...)
+			rows = append(rows, tagged(a, persisttest.Bets(a, held[a], int(res.Held-held[a])))...)
 			held[a] = res.Held
 		}
 		if err := w.Close(); err != nil {
@@ -664,7 +665,7 @@ func TestRecoverCycles(t *testing.T) {
 // past its last record are not committed yet.
 func TestLoadDir(t *testing.T) {
 	f := newFixture(t)
-	appendFile(t, f.dir, BetsFile, rowOf(1, betAt(1, 8)))
+	appendFile(t, f.dir, BetsFile, rowOf(1, persisttest.Bet(1, 8)))
 	var got []Bet
 	for b, err := range LoadDir(f.dir) {
 		if err != nil {
@@ -683,7 +684,7 @@ func TestLoadDir(t *testing.T) {
 		}
 		got = append(got, b)
 	}
-	sameBets(t, got, append(f.rows, tagged(1, stream(1, 8, 1))...))
+	sameBets(t, got, append(f.rows, tagged(1, persisttest.Bets(1, 8, 1))...))
 
 	for _, err := range LoadDir(t.TempDir()) {
 		if !errors.Is(err, os.ErrNotExist) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/persist/persisttest"
 )
 
 // trickyBets covers every quoting case of QUOTE_MINIMAL.
@@ -50,7 +51,7 @@ func TestRoundTrip(t *testing.T) {
 	for round := range 6 {
 		for a := uint32(1); a <= 4; a++ {
 			n := 1 + (round*int(a))%37
-			bets := stream(a, held[a], n)
+			bets := persisttest.Bets(a, held[a], n)
 			put(t, w, a, held[a], bets)
 			held[a] += uint64(n)
 			want = append(want, tagged(a, bets)...)
@@ -86,7 +87,7 @@ func TestRoundTripTricky(t *testing.T) {
 func TestLoadBetsStopsWhenAsked(t *testing.T) {
 	var data []byte
 	for i := range 5 {
-		b := betAt(1, uint64(i))
+		b := persisttest.Bet(1, uint64(i))
 		data = AppendRow(data, 1, &b)
 	}
 	n := 0
@@ -379,7 +380,7 @@ func TestLoadBetsFields(t *testing.T) {
 
 func TestAppendRowAllocs(t *testing.T) {
 	buf := make([]byte, 0, 4096)
-	bets := append(stream(1, 0, 8), trickyBets[4].Bet, trickyBets[7].Bet)
+	bets := append(persisttest.Bets(1, 0, 8), trickyBets[4].Bet, trickyBets[7].Bet)
 	allocs := testing.AllocsPerRun(100, func() {
 		buf = buf[:0]
 		for i := range bets {
@@ -411,7 +412,7 @@ func FuzzRowRoundTrip(f *testing.F) {
 			Birthdate: frame.NewDate(1900+int(day%120), 1+int(day%12), 1+int(day%28)),
 			Number:    number % 10000,
 		}
-		neighbour := betAt(2, uint64(day))
+		neighbour := persisttest.Bet(2, uint64(day))
 		data := AppendRow(nil, 2, &neighbour)
 		data = AppendRow(data, 1, &b)
 		data = AppendRow(data, 2, &neighbour)
