@@ -314,6 +314,12 @@ func (h *Hub) recordFinish(agency uint32, total uint64, res persist.Result) {
 	h.obs.AgenciesFinished(n)
 	h.log.Info("agency_finished", logging.Success, zap.Uint32("agency", agency), zap.Uint64("bets", res.Held),
 		zap.Int("finished", n), zap.Int("agencies", h.store.Agencies()))
+	// Other servers' FINISHED that this one's commit saw count before the
+	// draw check, so the last FINISHED across servers gets its winners.
+	for _, a := range res.OthersFinished {
+		held, _, _ := h.store.Status(a)
+		h.markFinished(a, held)
+	}
 }
 
 // maybeDraw runs the draw, once, when every agency's FINISHED is recorded

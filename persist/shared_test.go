@@ -1,6 +1,7 @@
 package persist_test
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -63,5 +64,31 @@ func TestTwoWriters(t *testing.T) {
 			}
 		}
 		checkStatus(t, newStore(t, reopen(), opts), wantState)
+	})
+}
+
+// TestLastFinishedCountsTheOthers has each agency finish on another server:
+// the server recording the last FINISHED counts every agency when it
+// answers, without waiting for a Refresh or the other servers' notices.
+func TestLastFinishedCountsTheOthers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, bk backend) {
+		if !bk.shared {
+			t.Skipf("the %s backend is not shared (shared is false in the backends table): one writer owns its data", bk.name)
+		}
+		b, reopen := bk.open(t, 3, winning)
+		opts := persist.Options{Agencies: 3, WinningNumber: winning}
+		stores := []*persist.Store{newStore(t, b, opts), newStore(t, reopen(), opts), newStore(t, reopen(), opts)}
+		for i, s := range stores {
+			a := uint32(i + 1)
+			put(t, s, a, 0, 2)
+			res := do(t, s, finish(a, 2))
+			if others := []uint32{1, 2}[:i]; res.Err != nil || !slices.Equal(res.OthersFinished, others) {
+				t.Fatalf("FINISHED of agency %d: %+v, want agencies %v finished by the other servers", a, res, others)
+			}
+			if n := s.FinishedCount(); n != i+1 {
+				t.Errorf("server %d counts %d finished agencies after agency %d's FINISHED, want %d", i+1, n, a, i+1)
+			}
+		}
+		checkStatus(t, stores[2], []agencyState{want(1, 2, true), want(2, 2, true), want(3, 2, true)})
 	})
 }

@@ -152,6 +152,11 @@ type Agency struct {
 type Group struct {
 	Rows    []Rows
 	Changes []Change
+	// Finished is set by the Commit of a backend shared by several servers
+	// when the group finishes an agency: every agency whose FINISHED is on
+	// record once the group is, so that the writer counts what other
+	// servers just recorded before its own FINISHED is answered.
+	Finished []uint32
 }
 
 // Rows are bets of one agency to append, at stream indexes First onwards.
@@ -210,6 +215,10 @@ type Result struct {
 	Held   uint64     // bets held for the agency afterwards
 	Chain  frame.Hash // chain value over those Held bets
 	Err    error
+	// OthersFinished, on a FINISHED's result from a shared backend, names
+	// the agencies whose FINISHED other servers recorded and this writer
+	// learned of by committing it; Status already shows them finished.
+	OthersFinished []uint32
 }
 
 // Store is the single writer over a Backend.
@@ -661,6 +670,13 @@ func (s *Store) commit(group []*Request) {
 			if len(g.Changes) > 0 {
 				s.setUnavailable(nil)
 			}
+			if learned := s.learnFinished(g.Finished); len(learned) > 0 {
+				for i, r := range group {
+					if r.Finish && results[i].Err == nil {
+						results[i].OthersFinished = learned
+					}
+				}
+			}
 		case errors.Is(err, ErrUnavailable):
 			// The group may or may not be durable (a COMMIT whose answer was
 			// lost): its agencies' chains were extended in place, so they are
@@ -688,6 +704,31 @@ func (s *Store) commit(group []*Request) {
 		}
 		return
 	}
+}
+
+// learnFinished reloads the agencies of ids this writer does not yet know
+// as finished (other servers recorded their FINISHED) and returns them.
+// Should the reload fail it returns nil: the agencies are reloaded before
+// the next group, and the other servers' notices (Watcher) tell of them.
+func (s *Store) learnFinished(ids []uint32) []uint32 {
+	var news []uint32
+	for _, a := range ids {
+		if a >= 1 && int(a) <= len(s.agencies) && !s.agencies[a-1].Finished {
+			news = append(news, a)
+		}
+	}
+	if len(news) == 0 {
+		return nil
+	}
+	if err := s.reload(news); err != nil {
+		for _, a := range news {
+			s.suspect[a] = true
+		}
+		s.log.Warn("store_reload", logging.Fail, zap.Uint32s("agencies", news), zap.Error(err),
+			zap.String("next", "they are reloaded before the next group"))
+		return nil
+	}
+	return news
 }
 
 // refused lists the agencies of requests the plan refused (a gap, a total

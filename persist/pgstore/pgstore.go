@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -443,6 +444,16 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer rollback(tx)
+	finishing := slices.Contains(s.finish, true)
+	if finishing {
+		// Groups that finish an agency take the lottery row first, one at a
+		// time across servers, so the count read below includes every
+		// FINISHED committed before this one: of two agencies finishing last
+		// on two servers at once, the second always sees the first.
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM lottery FOR UPDATE"); err != nil {
+			return 0, fmt.Errorf("lock the lottery row: %w", err)
+		}
+	}
 	if err := s.lock(ctx, tx, g); err != nil {
 		return 0, err
 	}
@@ -472,6 +483,9 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 		AS u(agency, held, chain, chain_state, finish, total) WHERE a.agency = u.agency`,
 		s.ids, s.held, s.chains, s.states, s.finish, s.totals)
 	b.Queue("SELECT pg_notify($1, $2)", Channel, s.progressNotice(g))
+	if finishing {
+		b.Queue("SELECT agency FROM agencies WHERE finished ORDER BY agency")
+	}
 	br := tx.SendBatch(ctx, b)
 	tag, err := br.Exec()
 	if err == nil && tag.RowsAffected() != int64(len(s.ids)) {
@@ -479,6 +493,17 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 	}
 	if err == nil {
 		_, err = br.Exec()
+	}
+	var finished []uint32
+	if err == nil && finishing {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			var agency int32
+			_, err = pgx.ForEachRow(rows, []any{&agency}, func() error {
+				finished = append(finished, uint32(agency))
+				return nil
+			})
+		}
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
@@ -495,6 +520,7 @@ func (s *Store) commit(ctx context.Context, g *persist.Group) (int64, error) {
 	if err := s.fault("committed"); err != nil {
 		return 0, err
 	}
+	g.Finished = finished
 	return added, nil
 }
 

@@ -41,11 +41,24 @@ func (p *peer) stored(t *testing.T) persist.Result {
 // hubOn opens a store on url and a hub over it, closed with the test.
 func hubOn(t *testing.T, url string, agencies int, sign ed25519.PrivateKey) *eventserver.Hub {
 	t.Helper()
+	return hubOver(t, url, agencies, sign, func(b *pgstore.Store) persist.Backend { return b })
+}
+
+// deaf is a PostgreSQL backend whose hub hears nothing of the other
+// servers' notices: not a persist.Watcher, it still keeps the draw.
+type deaf struct {
+	persist.Backend
+	persist.DrawKeeper
+}
+
+// hubOver is hubOn with the backend the store gets wrapped by wrap.
+func hubOver(t *testing.T, url string, agencies int, sign ed25519.PrivateKey, wrap func(*pgstore.Store) persist.Backend) *eventserver.Hub {
+	t.Helper()
 	b, err := pgstore.Open(context.Background(), url, pgstore.Options{Agencies: agencies, WinningNumber: winning})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := persist.New(b, persist.Options{Agencies: agencies, WinningNumber: winning})
+	s, err := persist.New(wrap(b), persist.Options{Agencies: agencies, WinningNumber: winning})
 	if err != nil {
 		b.Close()
 		t.Fatal(err)
@@ -132,6 +145,43 @@ func TestHubsShareOneDraw(t *testing.T) {
 			if !drawn || !slices.Equal(docs, want[id]) || c.Root != ca.Root {
 				t.Errorf("hub %d, agency %d: winners %v (drawn %v), want %v under root %x", i, id, docs, drawn, want[id], ca.Root)
 			}
+		}
+	}
+}
+
+// The last FINISHED reaches a hub that has heard nothing of the others (its
+// notices are cut): committing it shows the agencies the other hub finished,
+// so this hub draws before it answers, and that agency gets its winners at
+// once instead of NOT_READY.
+func TestLastFinishedDrawsAtOnce(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	const agencies = 3
+	a := hubOn(t, url, agencies, nil)
+	b := hubOver(t, url, agencies, nil, func(s *pgstore.Store) persist.Backend { return deaf{s, s} })
+	for id := uint32(1); id <= agencies; id++ {
+		h := a
+		if id == agencies {
+			h = b
+		}
+		bets := []frame.Bet{{FirstName: "Ana", LastName: "Sosa", Document: fmt.Sprint(id), Birthdate: frame.NewDate(1980, 1, 1), Number: winning}}
+		p := &peer{events: make(chan eventserver.Event, 16)}
+		for _, r := range []*persist.Request{{Agency: id, Bets: bets}, {Agency: id, Finish: true, Total: 1}} {
+			if err := h.Submit(p, r); err != nil {
+				t.Fatal(err)
+			}
+			if res := p.stored(t); res.Err != nil {
+				t.Fatal(res.Err)
+			}
+		}
+	}
+	select {
+	case <-b.Drawn():
+	default:
+		t.Fatalf("the hub of the last FINISHED answered it undrawn, counting %d of %d agencies finished", b.FinishedCount(), agencies)
+	}
+	for id := uint32(1); id <= agencies; id++ {
+		if docs, _, drawn := b.Winners(id); !drawn || !slices.Equal(docs, []string{fmt.Sprint(id)}) {
+			t.Errorf("agency %d: winners %v (drawn %v), want [%d]", id, docs, drawn, id)
 		}
 	}
 }
