@@ -396,6 +396,18 @@ func (k *conn) queue(f frame.Frame) error {
 	return err
 }
 
+// ask sends f alone and returns the server's answer, due within d.
+func (k *conn) ask(f frame.Frame, d time.Duration) (frame.Frame, error) {
+	if err := k.queue(f); err != nil {
+		return nil, err
+	}
+	if err := k.send(); err != nil {
+		return nil, err
+	}
+	k.expect(d)
+	return k.next()
+}
+
 // expect arms the read deadline: an answer is due within d (0: none is).
 func (k *conn) expect(d time.Duration) {
 	if d <= 0 {
@@ -457,14 +469,7 @@ func (c *client) session(ctx context.Context) (err error) {
 			ce.Write(logging.Success, zap.String("server", c.addr()), zap.NamedError("close_error", cerr))
 		}
 	}()
-	if err := k.queue(&frame.Hello{Agency: c.cfg.Agency}); err != nil {
-		return err
-	}
-	if err := k.send(); err != nil {
-		return err
-	}
-	k.expect(c.cfg.IOTimeout)
-	reply, err := k.next()
+	reply, err := k.ask(&frame.Hello{Agency: c.cfg.Agency}, c.cfg.IOTimeout)
 	if err != nil {
 		return err
 	}
@@ -478,14 +483,7 @@ func (c *client) session(ctx context.Context) (err error) {
 		return err
 	}
 	if c.receipt != nil && w.Finished {
-		if err := k.queue(&frame.QueryWinners{}); err != nil {
-			return err
-		}
-		if err := k.send(); err != nil {
-			return err
-		}
-		k.expect(c.cfg.IOTimeout)
-		reply, err := k.next()
+		reply, err := k.ask(&frame.QueryWinners{}, c.cfg.IOTimeout)
 		if err != nil {
 			return err
 		}
@@ -767,14 +765,7 @@ func (c *client) report(done bool) {
 // finish sends FINISHED, checks and keeps the receipt, then waits for the
 // winners or hangs up to poll.
 func (c *client) finish(k *conn, w *frame.Welcome) error {
-	if err := k.queue(&frame.Finished{Total: c.total}); err != nil {
-		return err
-	}
-	if err := k.send(); err != nil {
-		return err
-	}
-	k.expect(c.cfg.IOTimeout)
-	reply, err := k.next()
+	reply, err := k.ask(&frame.Finished{Total: c.total}, c.cfg.IOTimeout)
 	if err != nil {
 		return err
 	}
