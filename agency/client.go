@@ -141,16 +141,20 @@ type Result struct {
 func Run(ctx context.Context, cfg Config, src Source) (Result, error) {
 	cfg.setDefaults()
 	c := &client{cfg: cfg, log: cfg.Logger, src: src, batcher: NewBatcher(src, cfg.BatchMaxAmount)}
+	if cfg.Key != nil {
+		c.identity = secure.NewIdentity(*cfg.Key)
+	}
 	c.base = c.batcher.Checkpoint()
 	return c.run(ctx)
 }
 
 type client struct {
-	cfg     Config
-	log     *zap.Logger
-	src     Source
-	batcher *Batcher
-	server  int // index in cfg.Servers of the address to dial
+	cfg      Config
+	log      *zap.Logger
+	identity *secure.Identity // cfg.Key, kept between connections; nil: plaintext
+	src      Source
+	batcher  *Batcher
+	server   int // index in cfg.Servers of the address to dial
 
 	base     Checkpoint   // the batcher at the last acknowledged bet
 	unacked  []Checkpoint // after each batch sent but not acknowledged when the connection broke
@@ -324,8 +328,8 @@ func (c *client) dial(ctx context.Context) (*conn, error) {
 		return nil, err
 	}
 	var l link
-	if c.cfg.Key != nil {
-		sc, err := secure.Client(nc, *c.cfg.Key, c.cfg.ServerPub, c.cfg.IOTimeout)
+	if c.identity != nil {
+		sc, err := c.identity.Client(nc, c.cfg.ServerPub, c.cfg.IOTimeout)
 		if err != nil {
 			nc.Close()
 			return nil, err
@@ -529,6 +533,13 @@ func (c *client) align(w *frame.Welcome) error {
 }
 
 // batch is one BETS frame ready to send, and the batcher after it.
+// batchBuffers are an ACKed batch's slices, handed back to the producer so
+// an upload does not allocate a batch's worth of memory per batch.
+type batchBuffers struct {
+	bets []frame.Bet
+	wire []byte
+}
+
 type batch struct {
 	first uint64
 	bets  []frame.Bet
@@ -542,13 +553,18 @@ type batch struct {
 // produce reads and encodes batches ahead of the sender, so reading the
 // file, sending and waiting for ACKs overlap. It owns the batcher until it
 // returns.
-func (c *client) produce(out chan<- batch, stop <-chan struct{}) {
+func (c *client) produce(out chan<- batch, free <-chan batchBuffers, stop <-chan struct{}) {
 	defer close(out)
 	for {
-		first, bets, err := c.batcher.Next()
+		var reuse batchBuffers
+		select {
+		case reuse = <-free:
+		default:
+		}
+		first, bets, err := c.batcher.NextInto(reuse.bets)
 		b := batch{first: first, bets: bets, err: err, last: err == nil && len(bets) == 0}
 		if err == nil && len(bets) > 0 {
-			b.wire, b.err = frame.Encode(&frame.Bets{First: first, Bets: bets})
+			b.wire, b.err = frame.Append(reuse.wire[:0], &frame.Bets{First: first, Bets: bets})
 			b.after = c.batcher.Checkpoint()
 			b.read = c.src.Progress() // here: the source is this goroutine's
 		}
@@ -569,8 +585,9 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 	window := max(int(w.Window), 1)
 	c.batcher.SetMaxFrame(int(w.MaxFrame))
 	batches := make(chan batch, window)
+	free := make(chan batchBuffers, window+1)
 	stop := make(chan struct{})
-	go c.produce(batches, stop)
+	go c.produce(batches, free, stop)
 	defer func() {
 		close(stop)
 		for range batches { // wait for the producer to let go of the batcher
@@ -595,6 +612,7 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 					break
 				}
 				k.out = append(k.out, b.wire...)
+				b.wire = b.wire[:0] // copied: ready for another batch once ACKed
 				inflight = append(inflight, b)
 				if len(inflight) >= window {
 					break
@@ -617,9 +635,18 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 				k.expect(c.cfg.IOTimeout)
 			}
 		case m := <-k.in:
+			before := len(inflight)
+			done := inflight
 			if err := c.onAnswer(k, m, &inflight); err != nil {
 				c.keep(inflight)
 				return err
+			}
+			if len(inflight) < before { // the oldest was ACKed: its buffers go back to the producer
+				select {
+				case free <- batchBuffers{bets: done[0].bets[:0], wire: done[0].wire[:0]}:
+				default:
+				}
+				done[0].bets, done[0].wire = nil, nil
 			}
 			if len(inflight) > 0 {
 				k.expect(c.cfg.IOTimeout)

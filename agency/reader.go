@@ -227,6 +227,10 @@ func (s *SliceSource) Seek(p Position) error {
 // Close does nothing.
 func (s *SliceSource) Close() error { return nil }
 
+// maxBatchHint caps the room a new batch slice is made with: a batch ends
+// at the frame limit long before a very large maxAmount.
+const maxBatchHint = 256
+
 // Batcher cuts a Source into batches of at most max bets that each fit in
 // one BETS frame, keeps the agency's chain over every bet it has batched,
 // and can go back to a Checkpoint or to any stream index after a reconnect.
@@ -277,9 +281,16 @@ func (b *Batcher) Chain() frame.Hash { return b.chain.Sum() }
 // Next returns the next batch and the index of its first bet; an empty batch
 // means the source is exhausted. A bad row fails the whole batch. A single
 // bet too large for the frame limit is an error.
-func (b *Batcher) Next() (uint64, []frame.Bet, error) {
+func (b *Batcher) Next() (uint64, []frame.Bet, error) { return b.NextInto(nil) }
+
+// NextInto is Next appending the batch to dst[:0], so a caller done with an
+// earlier batch can hand its slice back instead of growing a new one.
+func (b *Batcher) NextInto(dst []frame.Bet) (uint64, []frame.Bet, error) {
 	first := b.index
-	var batch []frame.Bet
+	batch := dst[:0]
+	if cap(batch) == 0 {
+		batch = make([]frame.Bet, 0, min(b.max, maxBatchHint))
+	}
 	size := frame.BetsFrameSize(nil)
 	for len(batch) < b.max {
 		at := b.pos()

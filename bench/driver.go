@@ -440,7 +440,7 @@ func (d *driver) connect(ctx context.Context, id uint32) (*agencyConn, *frame.We
 		nc.SetDeadline(time.Now().Add(d.cfg.Timeout))
 	}
 	if k := d.cfg.Keys; k != nil {
-		sc, err := secure.Client(nc, k.key(id), k.Server, 0) // 0: the deadline above stays
+		sc, err := k.identity(id).Client(nc, k.Server, 0) // 0: the deadline above stays
 		if err != nil {
 			c.close()
 			var refused *secure.RefusedError

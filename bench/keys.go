@@ -22,10 +22,14 @@ type keyring struct {
 	Server secure.PublicKey
 	Sign   ed25519.PublicKey
 	Agency []secure.PrivateKey // agency id-1
+	ids    []*secure.Identity  // agency id-1's key, ready for handshakes, as each agency process keeps its own
 }
 
 // key is agency id's private key.
 func (k *keyring) key(id uint32) secure.PrivateKey { return k.Agency[id-1] }
+
+// identity is agency id's key as that agency keeps it between connections.
+func (k *keyring) identity(id uint32) *secure.Identity { return k.ids[id-1] }
 
 // provisionKeys makes dir hold the keys of the server and of agencies
 // 1..n by running keygen, which writes only the files that are missing, so
@@ -49,7 +53,7 @@ func provisionKeys(ctx context.Context, keygen, dir string, n int) (*keyring, ti
 
 // loadKeyring reads the key files of the server and of agencies 1..n.
 func loadKeyring(dir string, n int) (*keyring, error) {
-	k := &keyring{Dir: dir, Agency: make([]secure.PrivateKey, n)}
+	k := &keyring{Dir: dir, Agency: make([]secure.PrivateKey, n), ids: make([]*secure.Identity, n)}
 	var err error
 	if k.Server, err = secure.LoadPublicKey(filepath.Join(dir, secure.ServerPubFile)); err != nil {
 		return nil, fmt.Errorf("keys: %w (bin/keygen --dir %s writes them)", err, dir)
@@ -61,6 +65,7 @@ func loadKeyring(dir string, n int) (*keyring, error) {
 		if k.Agency[i], err = secure.LoadPrivateKey(filepath.Join(dir, secure.AgencyKeyFile(uint32(i+1)))); err != nil {
 			return nil, fmt.Errorf("keys: %w", err)
 		}
+		k.ids[i] = secure.NewIdentity(k.Agency[i])
 	}
 	return k, nil
 }

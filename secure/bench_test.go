@@ -42,6 +42,25 @@ func BenchmarkServerHandshake(b *testing.B) {
 	}
 }
 
+// BenchmarkClientHandshake is an agency's cost of a handshake (message 1
+// out, message 2 in) with the server's cost folded in; "fresh" prepares
+// the key every time, "identity" reconnects with one kept Identity.
+func BenchmarkClientHandshake(b *testing.B) {
+	fx := newFixture(b, 1)
+	for _, kind := range []string{"fresh", "identity"} {
+		b.Run(kind, func(b *testing.B) {
+			ident := NewIdentity(fx.agencies[0])
+			b.ReportAllocs()
+			for b.Loop() {
+				if kind == "fresh" {
+					ident = NewIdentity(fx.agencies[0])
+				}
+				newSessionAs(b, fx, ident, nil)
+			}
+		})
+	}
+}
+
 // frame4K is a 4 KiB frame.
 func frame4K(b *testing.B) []byte {
 	f := mustEncode(b, &frame.Ping{Payload: bytes.Repeat([]byte{7}, 4096-frame.HeaderSize)})

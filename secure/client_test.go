@@ -2,6 +2,7 @@ package secure
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -383,5 +384,46 @@ func TestNothingInTheClear(t *testing.T) {
 		if bytes.Contains(wire.Bytes(), []byte(secret)) {
 			t.Errorf("%q crosses the wire in the clear", secret)
 		}
+	}
+}
+
+// TestIdentityKeepsOnlyTheServerDH reconnects with one Identity: every
+// handshake works, and the only DH it remembers is the one with the
+// server's static key (never one with an ephemeral key).
+func TestIdentityKeepsOnlyTheServerDH(t *testing.T) {
+	fx := newFixture(t, 1)
+	ident := NewIdentity(fx.agencies[0])
+	if ident.Public() != fx.agencies[0].Public() {
+		t.Fatalf("identity public key %s, the key's is %s", ident.Public(), fx.agencies[0].Public())
+	}
+	for i := range 3 {
+		s := newSessionAs(t, fx, ident, nil)
+		s.client.WriteFrame(&frame.Hello{Agency: 1})
+		s.toServer()
+		got, _ := decodeAll(s.server)
+		if want := mustEncode(t, &frame.Hello{Agency: 1}); len(got) != 1 || !bytes.Equal(got[0], want) {
+			t.Fatalf("handshake %d: server decoded %x, want %x", i+1, got, want)
+		}
+	}
+	kept := map[PublicKey][]byte{}
+	ident.dhs.m.Range(func(k, v any) bool {
+		kept[PublicKey(k.([KeySize]byte))] = v.([]byte)
+		return true
+	})
+	priv, err := ecdh.X25519().NewPrivateKey(fx.agencies[0][:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := fx.server.Public()
+	pub, err := ecdh.X25519().NewPublicKey(server[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := priv.ECDH(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kept) != 1 || !bytes.Equal(kept[fx.server.Public()], want) {
+		t.Errorf("identity keeps %d DHs %x, want only the server key's %x", len(kept), kept, want)
 	}
 }

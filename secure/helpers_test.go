@@ -156,6 +156,12 @@ const (
 // with seeded ephemerals on both sides every run yields the same bytes.
 func newSession(t testing.TB, fx *fixture, id int, serverRand io.Reader) *session {
 	t.Helper()
+	return newSessionAs(t, fx, NewIdentity(fx.agencies[id-1]), serverRand)
+}
+
+// newSessionAs is newSession for an Identity the caller keeps.
+func newSessionAs(t testing.TB, fx *fixture, ident *Identity, serverRand io.Reader) *session {
+	t.Helper()
 	s := &session{conn: &memConn{}, src: &memSource{}}
 	s.server = NewServerConn(fx.keys, s.src)
 	s.server.rand = serverRand
@@ -168,7 +174,7 @@ func newSession(t testing.TB, fx *fixture, id int, serverRand io.Reader) *sessio
 		c.inbox.Write(reply)
 	}
 	var err error
-	s.client, err = client(s.conn, fx.agencies[id-1], fx.server.Public(), time.Second, seeded(agencySeed))
+	s.client, err = ident.client(s.conn, fx.server.Public(), time.Second, seeded(agencySeed))
 	if err != nil {
 		t.Fatal(err)
 	}
