@@ -123,13 +123,20 @@ func checkWelcome(ts *testServer, w *frame.Welcome, held uint64, chain frame.Has
 	switch {
 	case w.Held != held || w.Chain != chain:
 		return fmt.Errorf("WELCOME held %d chain %x, want %d chain %x", w.Held, w.Chain[:4], held, chain[:4])
-	case int(w.Window) != cfg.Window || int(w.MaxFrame) != cfg.MaxFrame:
-		return fmt.Errorf("WELCOME window %d max_frame %d, server has %d and %d", w.Window, w.MaxFrame, cfg.Window, cfg.MaxFrame)
+	case int(w.Window) > cfg.Window || int(w.Window) < fairWindow(ts) || int(w.MaxFrame) != cfg.MaxFrame:
+		return fmt.Errorf("WELCOME window %d max_frame %d, server has %d (at least %d a share) and %d",
+			w.Window, w.MaxFrame, cfg.Window, fairWindow(ts), cfg.MaxFrame)
 	case w.ReadTimeout != cfg.ReadTimeout.Truncate(time.Millisecond) || w.PingInterval != cfg.PingInterval.Truncate(time.Millisecond):
 		return fmt.Errorf("WELCOME read_timeout %v ping_interval %v, server has %v and %v",
 			w.ReadTimeout, w.PingInterval, cfg.ReadTimeout, cfg.PingInterval)
 	}
 	return nil
+}
+
+// fairWindow is the smallest window an agency may get: the server's budget
+// of requests in flight shared among all its agencies, at most --window.
+func fairWindow(ts *testServer) int {
+	return int(min(max(ts.Server.hub.budget/int64(ts.Server.cfg.Agencies), 1), int64(ts.Server.cfg.Window)))
 }
 
 // runSpec is a whole agency over the test's client: handshake (secured

@@ -36,7 +36,7 @@ const (
 	DefaultHelloTimeout  = 10 * time.Second
 	DefaultPingInterval  = 60 * time.Second
 	DefaultMaxPending    = 1024
-	DefaultWindow        = 16
+	DefaultWindow        = 64
 	DefaultShutdownGrace = 8 * time.Second
 	DefaultRetryAfter    = time.Second
 )
@@ -52,9 +52,12 @@ const (
 	OutboundLimit = 64 << 10
 )
 
-// floodLimit is how many unread bytes a peer may leave: a peer within its
-// window can have that many frames waiting while the server is not reading.
-func (s *Server) floodLimit() int { return s.cfg.Window*s.cfg.MaxFrame + FloodLimit }
+// floodLimit is how many unread bytes cs's peer may leave: a peer within the
+// window its WELCOME gave can have that many frames waiting while the server
+// is not reading. Windows are shares of the server's budget of requests in
+// flight, so all connections together hold at most about that budget of
+// frames plus FloodLimit each.
+func (s *Server) floodLimit(cs *conn) int { return cs.sess.Window()*s.cfg.MaxFrame + FloodLimit }
 
 // ErrStoreFailed is returned by Serve when the store failed: the process
 // should exit non-zero so that its supervisor restarts it and recovery runs.
@@ -464,7 +467,7 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	if starved && c.InboundBuffered() > 0 {
 		s.starve(cs)
 	}
-	if unread := c.InboundBuffered(); unread > s.floodLimit() && (cs.sess.Busy() || starved || cs.stalled.Load() != 0) {
+	if unread := c.InboundBuffered(); unread > s.floodLimit(cs) && (cs.sess.Busy() || starved || cs.stalled.Load() != 0) {
 		cs.do(cs.sess.Step(Flooded{Reason: fmt.Sprintf("%d unread bytes piled up while the server was not reading", unread)}))
 		return gnet.Close
 	}

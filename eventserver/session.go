@@ -226,6 +226,15 @@ func (s *Session) Agency() uint32 { return s.agency }
 // feed the session further frames (they wait in the connection buffer).
 func (s *Session) Busy() bool { return len(s.ring) >= s.limits.Window }
 
+// Window is how many frames the peer may have unanswered: the window its
+// WELCOME announced, or one (its HELLO) before that.
+func (s *Session) Window() int {
+	if s.agency == 0 {
+		return 1
+	}
+	return s.limits.Window
+}
+
 // Wait says what the session waits for from its peer.
 func (s *Session) Wait() Wait {
 	switch {
@@ -443,7 +452,7 @@ func (s *Session) hello(h *frame.Hello) Output {
 			h.Agency, s.identity))
 	}
 	s.agency = h.Agency
-	s.limits.Window = max(s.view.Window(s.limits.Window), 1)
+	s.limits.Window = min(max(s.view.Window(s.limits.Window), 1), 0xFFFF) // what WELCOME can say
 	held, finished, chain := s.view.Status(h.Agency)
 	if finished {
 		s.become(Waiting)
@@ -453,7 +462,7 @@ func (s *Session) hello(h *frame.Hello) Output {
 	s.log.Info("hello", logging.Success, zap.Uint32("agency", h.Agency), zap.Uint64("held", held),
 		zap.Bool("finished", finished))
 	return Output{Register: h.Agency, Send: []frame.Frame{&frame.Welcome{
-		Held: held, Finished: finished, Window: uint16(min(s.limits.Window, 0xFFFF)),
+		Held: held, Finished: finished, Window: uint16(s.limits.Window),
 		MaxFrame: uint16(s.limits.MaxFrame), ReadTimeout: s.limits.ReadTimeout, PingInterval: s.limits.PingInterval,
 		Chain: chain,
 	}}}

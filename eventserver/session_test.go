@@ -877,7 +877,13 @@ func TestSessionWelcomeCarriesTheLimits(t *testing.T) {
 	}{{7, 7}, {0, 1}, {-3, 1}, {70000, 0xFFFF}} {
 		s, _, _ := newTestSession(v, Limits{Window: tt.window, MaxFrame: 4096, ReadTimeout: 3 * time.Second,
 			PingInterval: 9 * time.Second, RetryAfter: 2 * time.Second})
+		if s.Window() != 1 {
+			t.Errorf("window %d: Window() %d before HELLO, want 1 (only HELLO may be pending)", tt.window, s.Window())
+		}
 		out := s.Step(received(t, &frame.Hello{Agency: 2}))
+		if s.Window() != tt.want {
+			t.Errorf("window %d: Window() %d after HELLO, want WELCOME's %d", tt.window, s.Window(), tt.want)
+		}
 		if len(out.Send) != 1 {
 			t.Fatalf("HELLO gave %s", describeOutput(out))
 		}

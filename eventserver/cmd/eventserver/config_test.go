@@ -310,7 +310,7 @@ func TestShippedConfigLoads(t *testing.T) {
 		t.Fatalf("the shipped config.yaml does not load: %v", err)
 	}
 	want := cfgView{Listen: "0.0.0.0:12345", Agencies: 5, DataDir: cfg.DataDir, Winning: 7574, ReadTimeout: 30 * time.Second,
-		HelloTimeout: 10 * time.Second, PingInterval: 60 * time.Second, MaxPending: 1024, MaxFrame: 8192, Window: 16,
+		HelloTimeout: 10 * time.Second, PingInterval: 60 * time.Second, MaxPending: 1024, MaxFrame: 8192, Window: eventserver.DefaultWindow,
 		Grace: 8 * time.Second, RetryAfter: time.Second, MetricsListen: "127.0.0.1:0", Keys: "shipped"}
 	if got := view(cfg, map[string]*memKeys{"shipped": keys}); got != want {
 		t.Errorf("config.yaml gives\n %+v\nwant\n %+v", got, want)
