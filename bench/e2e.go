@@ -268,6 +268,7 @@ func e2eOnce(ctx context.Context, opts *Options, spec e2eSpec, files *e2eFiles, 
 	} else if err := os.RemoveAll(dir); err != nil {
 		return wall, fmt.Errorf("remove %s: %w", dir, err)
 	}
+	settle()
 	return wall, nil
 }
 

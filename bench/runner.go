@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -110,6 +111,15 @@ func (o *Options) variants() []variant {
 		}
 	}
 	return out
+}
+
+// rotate starts round r at the r-th variant, so that with --repeat no
+// variant always runs first or right after the same other one: the machine
+// (the disk still writing back the last run, the load it left) is not the
+// same for the first run of a round as for the others.
+func rotate(vs []variant, r int) []variant {
+	r %= len(vs)
+	return append(slices.Clone(vs[r:]), vs[:r]...)
 }
 
 // e2eSpecs lists the end-to-end workloads asked for.
@@ -293,7 +303,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		var runs []RunResult
 		for round := range opts.Repeat {
-			for _, v := range opts.variants() {
+			for _, v := range rotate(opts.variants(), round) {
 				if opts.Repeat > 1 {
 					opts.logf("%s K=%d, repetition %d of %d", v, k, round+1, opts.Repeat)
 				}
@@ -629,7 +639,16 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 	} else if err := os.RemoveAll(dir); err != nil {
 		return res, fmt.Errorf("remove %s: %w", dir, err)
 	}
+	settle()
 	return res, nil
+}
+
+// settle leaves the machine as the next run should find it: what this run
+// wrote or removed on disk flushed (or the next run's first fsyncs would
+// wait for it), and the bench's own garbage from it collected.
+func settle() {
+	syscall.Sync()
+	runtime.GC()
 }
 
 // serverArgs is the command line of a server under test, but for

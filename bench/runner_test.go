@@ -271,3 +271,20 @@ func TestSmokeWithTheRealBinaries(t *testing.T) {
 		t.Errorf("the table lacks the end-to-end runs or the targets:\n%s", stdout.String())
 	}
 }
+
+// With --repeat every variant takes each place in the order in turn.
+func TestRotateVariants(t *testing.T) {
+	opts := Options{Impls: []string{ImplGnet, ImplStdlib}, CompareInsecure: true, CompareMetrics: true}
+	vs := opts.variants()
+	for r := range 2 * len(vs) {
+		got := rotate(vs, r)
+		if len(got) != len(vs) || got[0] != vs[r%len(vs)] {
+			t.Fatalf("round %d starts with %v, want %v", r, got[0], vs[r%len(vs)])
+		}
+		for i := range got {
+			if got[i] != vs[(r+i)%len(vs)] {
+				t.Errorf("round %d: place %d holds %v, want %v", r, i, got[i], vs[(r+i)%len(vs)])
+			}
+		}
+	}
+}

@@ -347,3 +347,44 @@ func TestSecurityKeyRotation(t *testing.T) {
 		t.Errorf("%d unknown_key refusals logged, want 2 (the new key before, the old one after)", n)
 	}
 }
+
+// TestSecurityHandshakeRefusalsAreSampled: a peer failing handshakes on
+// purpose (an unknown key, again and again) gets ERROR unknown_key every
+// time, but only RefusalLines a second get a session_error line of their
+// own; the rest are counted in connection_refused lines, and together they
+// account for every refusal.
+func TestSecurityHandshakeRefusalsAreSampled(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{Agencies: 1})
+	const burst = 5 * RefusalLines
+	started := time.Now()
+	for range burst {
+		stranger, err := secure.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ts.dialKey(stranger)
+		requireRefused(t, err, frame.CodeUnknownKey)
+	}
+	elapsed := time.Since(started)
+	code := failLine("code", frame.CodeUnknownKey.String())
+	var own, summed int
+	ts.logs.waitFor(t, fmt.Sprintf("session_error and connection_refused lines adding up to %d", burst), func() bool {
+		own, summed = ts.logs.count("session_error", code), 0
+		for _, l := range ts.logs.lines("connection_refused", code) {
+			n, _ := l["count"].(int64)
+			summed += int(n)
+		}
+		return own+summed >= burst
+	})
+	if own+summed != burst {
+		t.Errorf("%d session_error lines and %d counted in connection_refused, want %d in all", own, summed, burst)
+	}
+	// The count starts over at each summary, so a burst may straddle one.
+	if most := (int(elapsed/time.Second) + 2) * RefusalLines; own > most {
+		t.Errorf("%d session_error lines for %d refusals in %v, want at most %d", own, burst, elapsed, most)
+	}
+	if own < RefusalLines {
+		t.Errorf("%d session_error lines, want the first %d refusals logged one by one", own, RefusalLines)
+	}
+}

@@ -633,13 +633,35 @@ func (s *Server) releaseMemory(now time.Time) {
 // refusals counts refused connections per code between summary lines.
 type refusals struct {
 	counts [frame.CodeHandshake + 1]atomic.Int64
-	last   time.Time // event loop of the ticker only
+	lines  [frame.CodeHandshake + 1]atomic.Int64 // refusals logged one by one since the last report
+	last   time.Time                             // event loop of the ticker only
 }
+
+// RefusalLines is how many handshake refusals of one code a second get a
+// session_error line each (with the peer's address and the reason); the
+// rest are only counted in the connection_refused summary, so peers
+// failing handshakes on purpose cannot flood the log.
+const RefusalLines = 10
 
 func (r *refusals) add(code frame.Code) {
 	if int(code) < len(r.counts) {
 		r.counts[code].Add(1)
 	}
+}
+
+// logOne reports whether a refusal with code may have its own line now.
+func (r *refusals) logOne(code frame.Code) bool {
+	return int(code) >= len(r.lines) || r.lines[code].Add(1) <= RefusalLines
+}
+
+// refusal is the Refused event of a handshake the transport turned away:
+// quiet, and counted in the summary, past RefusalLines a second.
+func (s *Server) refusal(code frame.Code, reason string) Refused {
+	if s.refused.logOne(code) {
+		return Refused{Code: code, Reason: reason}
+	}
+	s.refused.add(code)
+	return Refused{Code: code, Reason: reason, Quiet: true}
 }
 
 // report logs, at most once a second, how many connections were refused
@@ -653,6 +675,9 @@ func (r *refusals) report(log *zap.Logger, now time.Time) {
 		elapsed = time.Second
 	}
 	r.last = now
+	for code := range r.lines {
+		r.lines[code].Store(0)
+	}
 	for code := range r.counts {
 		if n := r.counts[code].Swap(0); n > 0 {
 			log.Warn("connection_refused", logging.Fail, zap.Stringer("code", frame.Code(code)), zap.Int64("count", n),

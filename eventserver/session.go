@@ -97,10 +97,13 @@ type Plaintext struct{}
 // Hangup says the connection is gone.
 type Hangup struct{}
 
-// Refused says the transport turned the peer away before any frame.
+// Refused says the transport turned the peer away before any frame. A
+// quiet refusal sends its ERROR without a line of its own: the server
+// counts it in its connection_refused summary instead.
 type Refused struct {
 	Code   frame.Code
 	Reason string
+	Quiet  bool
 }
 
 func (Received) event()      {}
@@ -300,6 +303,9 @@ func (s *Session) Step(ev Event) Output {
 		s.become(Closed)
 		return Output{}
 	case Refused:
+		if ev.Quiet {
+			return s.end(ev.Code, ev.Reason)
+		}
 		return s.fail(ev.Code, ev.Reason)
 	}
 	panic(fmt.Sprintf("eventserver: unknown event %T", ev))
@@ -577,6 +583,11 @@ func (s *Session) winnersOrNotReady(first frame.Frame) []frame.Frame {
 func (s *Session) fail(code frame.Code, reason string) Output {
 	s.log.Warn("session_error", logging.Fail, zap.Uint32("agency", s.agency), zap.Stringer("state", s.state),
 		zap.Stringer("code", code), zap.String("reason", reason))
+	return s.end(code, reason)
+}
+
+// end is fail without the log line.
+func (s *Session) end(code frame.Code, reason string) Output {
 	s.obs.ErrorSent(code)
 	s.become(Closed)
 	s.ring = nil

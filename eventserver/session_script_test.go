@@ -506,6 +506,8 @@ func (r *sessionScript) event(args []string) Event {
 		return Plaintext{}
 	case "refused":
 		return Refused{Code: codeNamed(t, args[1]), Reason: "refused by the transport"}
+	case "refused-quietly":
+		return Refused{Code: codeNamed(t, args[1]), Reason: "refused by the transport", Quiet: true}
 	case "hangup":
 		return Hangup{}
 	}

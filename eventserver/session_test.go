@@ -1041,6 +1041,10 @@ func TestSessionErrorLogs(t *testing.T) {
 		  hello 1 => register=1 WELCOME(held=0,finished,w=3,c0) ; waiting idle
 		  query   => COMMITMENT(root,p1) WINNERS([],last) ; winners_sent frame
 		  timeout => close ; closed none`, nil},
+		{`refused unknown_key => ERROR(unknown_key) close ; closed none`,
+			map[string]any{"code": "unknown_key", "state": "awaiting_hello", "agency": uint32(0)}},
+		// Counted in the server's connection_refused summary instead.
+		{`refused-quietly unknown_key => ERROR(unknown_key) close ; closed none`, nil},
 	} {
 		r := runScript(t, newFakeView(5), tt.script)
 		if t.Failed() {

@@ -60,8 +60,8 @@ func (t *plainTransport) start(cs *conn, _ time.Time) (bool, bool) {
 	t.checked = true
 	if b[0] == secure.KindHandshake1 {
 		cs.srv.obs.ConnectionRefused("handshake")
-		return false, cs.do(cs.sess.Step(Refused{Code: frame.CodeInsecureServer,
-			Reason: "this server runs --insecure and speaks plaintext; start the agency with --insecure, or give the server --keys"}))
+		return false, cs.do(cs.sess.Step(cs.srv.refusal(frame.CodeInsecureServer,
+			"this server runs --insecure and speaks plaintext; start the agency with --insecure, or give the server --keys")))
 	}
 	return true, false
 }
@@ -129,7 +129,7 @@ func (t *secureTransport) start(cs *conn, now time.Time) (bool, bool) {
 			reason = fmt.Sprintf("no agency has the key %s; ask the operator to add your agency's public key", uk.Key.Fingerprint())
 		}
 		cs.srv.obs.ConnectionRefused(kind)
-		return false, cs.do(cs.sess.Step(Refused{Code: code, Reason: reason}))
+		return false, cs.do(cs.sess.Step(cs.srv.refusal(code, reason)))
 	}
 	cs.srv.obs.Handshake(true, took)
 	cs.out = append(cs.out, reply...)
