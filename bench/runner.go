@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -24,46 +23,27 @@ import (
 
 // Options configure a bench invocation.
 type Options struct {
-	Impls    []string // ImplGnet, ImplStdlib, in the order to run them
-	Agencies []int    // K values; every impl runs at each; none runs only the end-to-end workloads
-	Bets     int      // per agency
-	// TotalBets, when positive, replaces Bets with TotalBets/K per agency so
-	// every K moves the same work.
-	TotalBets     int
-	Batch         int // bets per BETS frame
-	Distinct      int // distinct synthetic agencies (datasets) at most
-	WinningNumber uint16
-	Seed          int64
+	Workload
+	Setup
+	Impls []string // ImplGnet, ImplStdlib, in the order to run them; Agencies none runs only the end-to-end workloads
 
-	ServerBin  string // the gnet server binary
 	SelfBin    string // this binary, re-executed as "serve-stdlib"
 	AgencyBin  string // bin/agency, for the end-to-end workloads
-	KeygenBin  string // bin/keygen; empty: the key files must exist already
 	GendataBin string // bin/gendata, for the end-to-end workloads
 
-	DataDir        string // base directory for the runs' data directories, the keys and the CSV files
-	KeepData       bool   // keep each run's data directory and logs
-	ServerLogLevel string // "": the servers' default level
-
-	Insecure         bool // run the servers --insecure, the agencies in plaintext
 	CompareInsecure  bool // also run each server --insecure at each K
 	CompareMetrics   bool // also run gnet with --metrics-listen at each K
 	Storm            bool // after each run, restart the server and reconnect every agency at once
 	StormConcurrency int  // connections being opened at once in a storm
-	Repeat           int  // runs of each server at each K; the median is reported
 
 	CourseReps int // repetitions of the course-shaped end-to-end run; 0: none
 	BigBets    int // bets of each of the two agencies of the big end-to-end run; 0: none
 	BigReps    int
 
-	DialConcurrency int
-	Timeout         time.Duration // longest a single run may take
-	LoopbackBytes   int64         // moved by each loopback test
-	DiskBlock       int           // bytes per fsync in the disk test; 0 means the mean group commit observed
-	DiskTime        time.Duration // how long the disk test runs
-	SkipLimits      bool
-	Log             io.Writer // progress and notes; nil for none
-	TTY             bool      // Log is a terminal: one updating line
+	LoopbackBytes int64         // moved by each loopback test
+	DiskBlock     int           // bytes per fsync in the disk test; 0 means the mean group commit observed
+	DiskTime      time.Duration // how long the disk test runs
+	SkipLimits    bool
 }
 
 // variant is one way of running a server: which, secured or not, with
@@ -158,11 +138,6 @@ func (o *Options) check() error {
 	if len(o.Agencies) == 0 && len(o.e2eSpecs()) == 0 {
 		return errors.New("nothing to run: no --agencies and no end-to-end workload")
 	}
-	for _, k := range o.Agencies {
-		if k < 1 {
-			return fmt.Errorf("--agencies: %d is not a positive number", k)
-		}
-	}
 	bins := []struct{ flag, path string }{}
 	if !o.Insecure {
 		bins = append(bins, struct{ flag, path string }{"--keygen-bin", o.KeygenBin})
@@ -181,39 +156,13 @@ func (o *Options) check() error {
 			return fmt.Errorf("%s: %w (run make build)", b.flag, err)
 		}
 	}
-	switch {
-	case len(o.Agencies) > 0 && o.TotalBets <= 0 && o.Bets < 1:
-		return fmt.Errorf("--bets must be at least 1, got %d", o.Bets)
-	case o.Batch < 1 || o.Batch > 0xFFFF:
-		return fmt.Errorf("--batch must be from 1 to 65535 bets, got %d", o.Batch)
-	case o.Distinct < 1:
-		return fmt.Errorf("--distinct must be at least 1, got %d", o.Distinct)
-	case o.WinningNumber > frame.MaxNumber:
-		return fmt.Errorf("--winning-number must be from 0 to %d, got %d", frame.MaxNumber, o.WinningNumber)
-	case o.DataDir == "":
-		return errors.New("--data-dir must not be empty")
-	case o.Repeat < 1:
-		return fmt.Errorf("--repeat must be at least 1, got %d", o.Repeat)
-	case o.CourseReps < 0 || o.BigBets < 0 || o.BigReps < 0:
+	if err := o.Workload.check(len(o.Agencies) > 0); err != nil {
+		return err
+	}
+	if o.CourseReps < 0 || o.BigBets < 0 || o.BigReps < 0 {
 		return errors.New("--course-reps, --big-bets and --big-reps must not be negative")
-	case o.Timeout <= 0:
-		return fmt.Errorf("--timeout must be positive, got %v", o.Timeout)
 	}
-	return nil
-}
-
-// betsPerAgency is B for a run with k agencies.
-func (o *Options) betsPerAgency(k int) int {
-	if o.TotalBets > 0 {
-		return max(o.TotalBets/k, 1)
-	}
-	return o.Bets
-}
-
-func (o *Options) logf(format string, a ...any) {
-	if o.Log != nil {
-		fmt.Fprintf(o.Log, format+"\n", a...)
-	}
+	return o.Setup.check()
 }
 
 // hashingSample is how long each round of the chain microbenchmark runs.

@@ -12,24 +12,18 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tp0/loteria/eventserver"
 )
 
 func smokeOptions(t *testing.T) Options {
 	return Options{
+		Workload:         Workload{Agencies: []int{6}, Bets: 80, Batch: 30, Distinct: 64, WinningNumber: 7574, Seed: 1},
+		Setup:            Setup{DataDir: t.TempDir(), DialConcurrency: 4, Repeat: 1, Timeout: time.Minute},
 		Impls:            []string{ImplStdlib},
-		Agencies:         []int{6},
-		Bets:             80,
-		Batch:            30,
-		Distinct:         64,
-		WinningNumber:    7574,
-		Seed:             1,
 		SelfBin:          os.Args[0], // TestMain serves "serve-stdlib"
-		DataDir:          t.TempDir(),
-		DialConcurrency:  4,
-		Repeat:           1,
 		Storm:            true,
 		StormConcurrency: 4,
-		Timeout:          time.Minute,
 		LoopbackBytes:    1 << 20,
 		DiskTime:         20 * time.Millisecond,
 	}
@@ -71,7 +65,7 @@ func TestRunAgainstAServerProcess(t *testing.T) {
 		if r.BetsPerSec <= 0 || r.MBPerSec <= 0 || r.AckP50Ms <= 0 || r.AckP99Ms < r.AckP50Ms || r.AckMaxMs < r.AckP99Ms {
 			t.Errorf("throughput and latency out of order: %+v", r)
 		}
-		if r.Window != 16 || r.LogLevel != DefaultLogLevel || r.HandshakesPerSec <= 0 || r.HandshakeP99Ms < r.HandshakeP50Ms {
+		if r.Window != eventserver.DefaultWindow || r.LogLevel != DefaultLogLevel || r.HandshakesPerSec <= 0 || r.HandshakeP99Ms < r.HandshakeP50Ms {
 			t.Errorf("run %d: window %d, log %q, %v handshakes/s; want the defaults and a rate", i, r.Window, r.LogLevel, r.HandshakesPerSec)
 		}
 		if r.StormSec <= 0 || r.StormHandshakesPerSec <= 0 {

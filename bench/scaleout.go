@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -41,33 +40,14 @@ var ErrNoPostgres = errors.New("no PostgreSQL to measure")
 // PostgreSQL database, each at its defaults (secured, default log level
 // and window) with --metrics-listen, the agencies split across them.
 type ScaleOutOptions struct {
+	Workload
+	Setup
 	// Store is StoreTemp, or the postgres:// URL of a server where the
 	// bench may CREATE DATABASE: each run gets a fresh database next to
 	// the one named, dropped afterwards unless KeepData.
 	Store     string
 	Fronts    []int // front ends of the PostgreSQL runs, e.g. 1, 2
 	FileStore bool  // also run one front end on the file store at each K, to compare with
-	Agencies  []int
-	Bets      int // per agency
-	// TotalBets, when positive, replaces Bets with TotalBets/K per agency.
-	TotalBets     int
-	Batch         int
-	Distinct      int
-	WinningNumber uint16
-	Seed          int64
-
-	ServerBin      string // bin/eventserver
-	KeygenBin      string // bin/keygen; empty: the key files must exist already
-	DataDir        string // each run's directory (file store data, logs, the export), and the keys
-	KeepData       bool   // keep each run's directory and database
-	ServerLogLevel string // "": the servers' default
-	Insecure       bool   // run the servers --insecure, the agencies in plaintext
-
-	Repeat          int // runs of each store and front-end count at each K, taking turns; the median by bets/s is shown
-	DialConcurrency int
-	Timeout         time.Duration // longest a single run may take
-	Log             io.Writer     // progress; nil for none
-	TTY             bool
 }
 
 // ScaleOutReport is what RunScaleOut measured.
@@ -135,18 +115,12 @@ func (o *ScaleOutOptions) check() error {
 		return errors.New("--fronts: no number of front ends")
 	case len(o.Agencies) == 0:
 		return errors.New("--agencies: no number of agencies")
-	case o.TotalBets <= 0 && o.Bets < 1:
-		return fmt.Errorf("--bets must be at least 1, got %d", o.Bets)
-	case o.Batch < 1 || o.Batch > 0xFFFF:
-		return fmt.Errorf("--batch must be from 1 to 65535 bets, got %d", o.Batch)
-	case o.Distinct < 1:
-		return fmt.Errorf("--distinct must be at least 1, got %d", o.Distinct)
-	case o.DataDir == "":
-		return errors.New("--data-dir must not be empty")
-	case o.Repeat < 1:
-		return fmt.Errorf("--repeat must be at least 1, got %d", o.Repeat)
-	case o.Timeout <= 0:
-		return fmt.Errorf("--timeout must be positive, got %v", o.Timeout)
+	}
+	if err := o.Workload.check(true); err != nil {
+		return err
+	}
+	if err := o.Setup.check(); err != nil {
+		return err
 	}
 	if o.Store != StoreTemp {
 		if _, err := pgstore.ParseURL(o.Store); err != nil {
@@ -158,11 +132,6 @@ func (o *ScaleOutOptions) check() error {
 			return fmt.Errorf("--fronts: %d front ends; from 1 to 16", n)
 		}
 	}
-	for _, k := range o.Agencies {
-		if k < 1 {
-			return fmt.Errorf("--agencies: %d is not a positive number", k)
-		}
-	}
 	if _, err := os.Stat(o.ServerBin); err != nil {
 		return fmt.Errorf("--server-bin: %w (run make build)", err)
 	}
@@ -172,19 +141,6 @@ func (o *ScaleOutOptions) check() error {
 		}
 	}
 	return nil
-}
-
-func (o *ScaleOutOptions) betsPerAgency(k int) int {
-	if o.TotalBets > 0 {
-		return max(o.TotalBets/k, 1)
-	}
-	return o.Bets
-}
-
-func (o *ScaleOutOptions) logf(format string, a ...any) {
-	if o.Log != nil {
-		fmt.Fprintf(o.Log, format+"\n", a...)
-	}
 }
 
 // RunScaleOut measures, at each K, the file store behind one front end and
@@ -403,7 +359,7 @@ func scaleOutOne(ctx context.Context, opts *ScaleOutOptions, admin, store string
 	if opts.ServerLogLevel != "" {
 		args = append(args, "--log-level", opts.ServerLogLevel)
 	}
-	starter := &Options{ServerBin: opts.ServerBin}
+	starter := &Options{Setup: Setup{ServerBin: opts.ServerBin}}
 	fronts := make([]*front, 0, n)
 	defer func() {
 		for _, f := range fronts {

@@ -30,9 +30,10 @@ func TestScaleOutOnPostgres(t *testing.T) {
 	const k, bets = 5, 60
 	bins := buildBinaries(t)
 	opts := ScaleOutOptions{
-		Store: StoreTemp, Fronts: []int{1, 2}, FileStore: true, Agencies: []int{k}, Bets: bets, Batch: 25, Distinct: 64,
-		WinningNumber: 7574, Seed: 1, ServerBin: bins + "/eventserver", DataDir: t.TempDir(), Repeat: 1,
-		DialConcurrency: 4, Timeout: time.Minute,
+		Workload: Workload{Agencies: []int{k}, Bets: bets, Batch: 25, Distinct: 64, WinningNumber: 7574, Seed: 1},
+		Setup: Setup{ServerBin: bins + "/eventserver", DataDir: t.TempDir(), Repeat: 1, DialConcurrency: 4,
+			Timeout: time.Minute},
+		Store: StoreTemp, Fronts: []int{1, 2}, FileStore: true,
 	}
 	provideKeys(t, opts.DataDir)
 	rep, err := RunScaleOut(t.Context(), opts)
@@ -212,8 +213,9 @@ func TestHistogramQuantiles(t *testing.T) {
 
 func TestRunScaleOutRefusesBadOptions(t *testing.T) {
 	good := func(t *testing.T) ScaleOutOptions {
-		return ScaleOutOptions{Store: StoreTemp, Fronts: []int{1, 2}, Agencies: []int{2}, Bets: 10, Batch: 5, Distinct: 1,
-			ServerBin: os.Args[0], DataDir: t.TempDir(), Repeat: 1, Timeout: time.Minute, Insecure: true}
+		return ScaleOutOptions{Workload: Workload{Agencies: []int{2}, Bets: 10, Batch: 5, Distinct: 1},
+			Setup: Setup{ServerBin: os.Args[0], DataDir: t.TempDir(), Repeat: 1, Timeout: time.Minute, Insecure: true},
+			Store: StoreTemp, Fronts: []int{1, 2}}
 	}
 	for name, change := range map[string]func(*ScaleOutOptions){
 		"no store":           func(o *ScaleOutOptions) { o.Store = "" },

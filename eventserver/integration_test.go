@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/tp0/loteria/eventserver/probe"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/tp0/loteria/agency"
+	"github.com/tp0/loteria/eventserver/probe"
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/receipt"
 )

@@ -127,43 +127,14 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		fmt.Fprintf(stderr, "bench: find own binary: %v\n", err)
 		return 1
 	}
-	opts := bench.Options{
-		Impls:            splitList(*impls),
-		Agencies:         ks,
-		Bets:             *bets,
-		TotalBets:        *totalBets,
-		Batch:            *batch,
-		Distinct:         *distinct,
-		WinningNumber:    uint16(*winning),
-		Seed:             *seed,
-		ServerBin:        *serverBin,
-		SelfBin:          self,
-		AgencyBin:        *agencyBin,
-		KeygenBin:        *keygenBin,
-		GendataBin:       *gendataBin,
-		DataDir:          *dataDir,
-		KeepData:         *keep,
-		ServerLogLevel:   *logLevel,
-		Insecure:         *insecure,
-		CompareInsecure:  *compareInsecure,
-		CompareMetrics:   *compareMetrics,
-		Storm:            *stormOn,
-		StormConcurrency: *stormConc,
-		Repeat:           *repeat,
-		CourseReps:       *courseReps,
-		BigBets:          *bigBets,
-		BigReps:          *bigReps,
-		DialConcurrency:  *dialConc,
-		Timeout:          *timeout,
-		LoopbackBytes:    *loopback,
-		DiskBlock:        *diskBlock,
-		DiskTime:         *diskTime,
-		SkipLimits:       *skipLimits,
-	}
+	work := bench.Workload{Agencies: ks, Bets: *bets, TotalBets: *totalBets, Batch: *batch, Distinct: *distinct,
+		WinningNumber: uint16(*winning), Seed: *seed}
+	setup := bench.Setup{ServerBin: *serverBin, KeygenBin: *keygenBin, DataDir: *dataDir, KeepData: *keep,
+		ServerLogLevel: *logLevel, Insecure: *insecure, Repeat: *repeat, DialConcurrency: *dialConc, Timeout: *timeout}
 	if !*quiet {
-		opts.Log = stderr
+		setup.Log = stderr
 		if f, ok := stderr.(*os.File); ok {
-			opts.TTY = bench.IsTerminal(f)
+			setup.TTY = bench.IsTerminal(f)
 		}
 	}
 	if _, err := logging.ParseLevel(*logLevel); *logLevel != "" && err != nil {
@@ -176,12 +147,27 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 			fmt.Fprintf(stderr, "bench: --fronts: %v\n", err)
 			return 2
 		}
-		return runScaleOut(fs, bench.ScaleOutOptions{
-			Store: *store, Fronts: ns, FileStore: *fileStore, Agencies: ks, Bets: *bets, TotalBets: *totalBets, Batch: *batch,
-			Distinct: *distinct, WinningNumber: uint16(*winning), Seed: *seed, ServerBin: *serverBin, KeygenBin: *keygenBin,
-			DataDir: *dataDir, KeepData: *keep, ServerLogLevel: *logLevel, Insecure: *insecure, Repeat: *repeat,
-			DialConcurrency: *dialConc, Timeout: *timeout, Log: opts.Log, TTY: opts.TTY,
-		}, *jsonOut, *tableOut, stdout, stderr, sigs)
+		return runScaleOut(fs, bench.ScaleOutOptions{Workload: work, Setup: setup, Store: *store, Fronts: ns, FileStore: *fileStore},
+			*jsonOut, *tableOut, stdout, stderr, sigs)
+	}
+	opts := bench.Options{
+		Workload:         work,
+		Setup:            setup,
+		Impls:            splitList(*impls),
+		SelfBin:          self,
+		AgencyBin:        *agencyBin,
+		GendataBin:       *gendataBin,
+		CompareInsecure:  *compareInsecure,
+		CompareMetrics:   *compareMetrics,
+		Storm:            *stormOn,
+		StormConcurrency: *stormConc,
+		CourseReps:       *courseReps,
+		BigBets:          *bigBets,
+		BigReps:          *bigReps,
+		LoopbackBytes:    *loopback,
+		DiskBlock:        *diskBlock,
+		DiskTime:         *diskTime,
+		SkipLimits:       *skipLimits,
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
