@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/tp0/loteria/frame"
@@ -85,4 +86,58 @@ func (s *Setup) check() error {
 		return fmt.Errorf("--timeout must be positive, got %v", s.Timeout)
 	}
 	return nil
+}
+
+// prepared is what a bench invocation learned and set up before its runs.
+type prepared struct {
+	Machine   Machine
+	Warnings  []string
+	Ports     PortRange
+	MaxK      int    // the most agencies of any run; 0 for none
+	Security  string // Secure or Insecure
+	ServerLog string // the servers' log level, as the report names it
+}
+
+// prepare raises the open-file limit, checks the machine can hold the
+// largest run's connections, makes the data directory and describes the
+// machine, with a warning when it is busy or the disk cannot measure fsync.
+func (s *Setup) prepare(agencies []int) (*prepared, error) {
+	lim, err := RaiseFileLimit()
+	if err != nil {
+		return nil, err
+	}
+	p := &prepared{Security: Secure, ServerLog: s.ServerLogLevel}
+	if p.Ports, err = ReadPortRange(); err != nil {
+		return nil, err
+	}
+	if len(agencies) > 0 {
+		p.MaxK = slices.Max(agencies)
+		if err := CheckCapacity(p.MaxK, lim, p.Ports); err != nil {
+			return nil, err
+		}
+	}
+	if err := ensureDir(s.DataDir); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if s.Insecure {
+		p.Security = Insecure
+	}
+	if p.ServerLog == "" {
+		p.ServerLog = DefaultLogLevel + " (default)"
+	}
+	m := describeMachine(s.DataDir)
+	m.Started = time.Now().UTC().Format(time.RFC3339)
+	m.OpenFiles = lim
+	m.PortRange = [2]int{p.Ports.Low, p.Ports.High}
+	p.Machine = m
+	s.logf("open files: soft %d at start (Go raises it at start), now %d, hard %d; ephemeral ports %d-%d (%d per source address)",
+		lim.SoftBefore, lim.Soft, lim.Hard, p.Ports.Low, p.Ports.High, p.Ports.Size())
+	if m.DataDirFS == "tmpfs" {
+		p.Warnings = append(p.Warnings, "the data directory is on tmpfs: fsync costs nothing there, so durability is not measured")
+	}
+	if la := m.LoadAvgStart; la > 0.5*float64(m.CPUs) {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("load average %.1f on %d CPUs at start: the machine was busy, numbers are not reference quality",
+			la, m.CPUs))
+	}
+	return p, nil
 }

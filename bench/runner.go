@@ -176,53 +176,21 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	lim, err := RaiseFileLimit()
+	pre, err := opts.prepare(opts.Agencies)
 	if err != nil {
 		return nil, err
 	}
-	ports, err := ReadPortRange()
-	if err != nil {
-		return nil, err
-	}
-	maxK := 0
-	if len(opts.Agencies) > 0 {
-		maxK = slices.Max(opts.Agencies)
-		if err := CheckCapacity(maxK, lim, ports); err != nil {
-			return nil, err
-		}
-	}
-	if err := ensureDir(opts.DataDir); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	security := Secure
-	if opts.Insecure {
-		security = Insecure
-	}
-	serverLog := opts.ServerLogLevel
-	if serverLog == "" {
-		serverLog = DefaultLogLevel + " (default)"
-	}
+	maxK, ports := pre.MaxK, pre.Ports
 	rep := &Report{
-		Machine: describeMachine(opts.DataDir),
+		Machine:  pre.Machine,
+		Warnings: pre.Warnings,
 		Config: RunConfig{Impls: opts.Impls, Agencies: opts.Agencies, Batch: opts.Batch, Distinct: opts.Distinct,
-			WinningNumber: opts.WinningNumber, Seed: opts.Seed, ServerLog: serverLog, Security: security, Repeat: opts.Repeat,
+			WinningNumber: opts.WinningNumber, Seed: opts.Seed, ServerLog: pre.ServerLog, Security: pre.Security, Repeat: opts.Repeat,
 			Sources: max(len(SourceAddrs(maxK, ports)), 1), Dials: opts.DialConcurrency},
 	}
 	rep.Runs = []RunResult{} // an empty list, not null, in the JSON
 	if opts.Storm {
 		rep.Config.StormDials = opts.StormConcurrency
-	}
-	rep.Machine.Started = time.Now().UTC().Format(time.RFC3339)
-	rep.Machine.OpenFiles = lim
-	rep.Machine.PortRange = [2]int{ports.Low, ports.High}
-	opts.logf("open files: soft %d at start (Go raises it at start), now %d, hard %d; ephemeral ports %d-%d (%d per source address)",
-		lim.SoftBefore, lim.Soft, lim.Hard, ports.Low, ports.High, ports.Size())
-	if fs := rep.Machine.DataDirFS; fs == "tmpfs" {
-		rep.Warnings = append(rep.Warnings, "the data directory is on tmpfs: fsync costs nothing there, so durability is not measured")
-	}
-	if la := rep.Machine.LoadAvgStart; la > 0.5*float64(rep.Machine.CPUs) {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("load average %.1f on %d CPUs at start: the machine was busy, numbers are not reference quality",
-			la, rep.Machine.CPUs))
 	}
 
 	var keys *keyring

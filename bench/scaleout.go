@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -154,44 +153,17 @@ func RunScaleOut(ctx context.Context, opts ScaleOutOptions) (rep *ScaleOutReport
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	lim, err := RaiseFileLimit()
+	pre, err := opts.prepare(opts.Agencies)
 	if err != nil {
 		return nil, err
 	}
-	ports, err := ReadPortRange()
-	if err != nil {
-		return nil, err
-	}
-	maxK := slices.Max(opts.Agencies)
-	if err := CheckCapacity(maxK, lim, ports); err != nil {
-		return nil, err
-	}
-	if err := ensureDir(opts.DataDir); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	security := Secure
-	if opts.Insecure {
-		security = Insecure
-	}
-	serverLog := opts.ServerLogLevel
-	if serverLog == "" {
-		serverLog = DefaultLogLevel + " (default)"
-	}
+	maxK, ports := pre.MaxK, pre.Ports
 	rep = &ScaleOutReport{
-		Machine: describeMachine(opts.DataDir),
+		Machine:  pre.Machine,
+		Warnings: pre.Warnings,
 		Config: ScaleOutConfig{Store: redactStore(opts.Store), Fronts: opts.Fronts, Agencies: opts.Agencies, Batch: opts.Batch,
-			Security: security, ServerLog: serverLog, Repeat: opts.Repeat, Dials: opts.DialConcurrency},
+			Security: pre.Security, ServerLog: pre.ServerLog, Repeat: opts.Repeat, Dials: opts.DialConcurrency},
 		Runs: []ScaleOutRun{},
-	}
-	rep.Machine.Started = time.Now().UTC().Format(time.RFC3339)
-	rep.Machine.OpenFiles = lim
-	rep.Machine.PortRange = [2]int{ports.Low, ports.High}
-	if la := rep.Machine.LoadAvgStart; la > 0.5*float64(rep.Machine.CPUs) {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("load average %.1f on %d CPUs at start: the machine was busy, numbers are not reference quality",
-			la, rep.Machine.CPUs))
-	}
-	if rep.Machine.DataDirFS == "tmpfs" {
-		rep.Warnings = append(rep.Warnings, "the data directory is on tmpfs: the file store's fsyncs cost nothing there")
 	}
 
 	admin := opts.Store

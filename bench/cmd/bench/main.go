@@ -170,17 +170,8 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		SkipLimits:       *skipLimits,
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := stopOnSignal(sigs, stderr)
 	defer cancel()
-	go func() {
-		select {
-		case sig := <-sigs:
-			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
-			fmt.Fprintf(stderr, "bench: %s: stopping\n", sig)
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	rep, err := bench.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
@@ -213,6 +204,22 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		}
 	}
 	return 0
+}
+
+// stopOnSignal returns a context cancelled at the first signal on sigs, which
+// it reports; a second signal gets the default action (the process ends).
+func stopOnSignal(sigs <-chan os.Signal, stderr io.Writer) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case sig := <-sigs:
+			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
+			fmt.Fprintf(stderr, "bench: %s: stopping\n", sig)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // writeFile writes a file through write, creating its directory.

@@ -2,13 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -34,17 +31,8 @@ func runScaleOut(fs *pflag.FlagSet, opts bench.ScaleOutOptions, jsonOut, tableOu
 			return 2
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := stopOnSignal(sigs, stderr)
 	defer cancel()
-	go func() {
-		select {
-		case sig := <-sigs:
-			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
-			fmt.Fprintf(stderr, "bench: %s: stopping\n", sig)
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	rep, err := bench.RunScaleOut(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
