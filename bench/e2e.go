@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/eventserver"
+	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/receipt"
 	"github.com/tp0/loteria/secure"
 )
@@ -321,43 +321,18 @@ func checkAgencies(dir string, files *e2eFiles, keys *keyring, insecure bool) er
 	return nil
 }
 
-// findLine returns the fields of the last log line of action with result,
-// in the console format "... action: A | result: R | key: value | ...".
+// findLine returns the fields of the last log line of action with result.
 func findLine(path, action, result string) (map[string]string, error) {
-	f, err := os.Open(path)
+	lines, err := logging.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var found map[string]string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		_, rest, ok := strings.Cut(sc.Text(), " action: ")
-		if !ok {
-			continue
-		}
-		parts := strings.Split(rest, " | ")
-		if parts[0] != action {
-			continue
-		}
-		fields := map[string]string{}
-		for _, p := range parts[1:] {
-			if k, v, ok := strings.Cut(p, ": "); ok {
-				fields[k] = v
-			}
-		}
-		if fields["result"] == result {
-			found = fields
+	for _, l := range slices.Backward(lines) {
+		if l.Is(action, result) {
+			return l.Fields, nil
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if found == nil {
-		return nil, fmt.Errorf("no %q line with result %s in %s\n%s", action, result, path, fileTail(path))
-	}
-	return found, nil
+	return nil, fmt.Errorf("no %q line with result %s in %s\n%s", action, result, path, fileTail(path))
 }
 
 // fileTail is the last lines of a file, for error messages.

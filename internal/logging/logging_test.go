@@ -536,3 +536,33 @@ func TestWithFieldWritesLikeWith(t *testing.T) {
 		t.Fatalf("With:\n%s\nWithField:\n%s", a.String(), b.String())
 	}
 }
+
+// ParseLine reads back exactly what the encoder writes, and nothing else.
+func TestParseLineReadsTheEncoder(t *testing.T) {
+	var out bytes.Buffer
+	log := zap.New(zapcore.NewCore(logging.NewLineEncoder(), zapcore.AddSync(&out), zapcore.DebugLevel))
+	log.Warn("connection_refused", logging.Fail, zap.String("code", "unknown_key"), zap.Int64("count", 12),
+		zap.String("reason", "key a|b: c"))
+	log.Info("hello", logging.Success, zap.Uint32("agency", 3))
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	lines = append(lines, "goroutine 1 [running]:", "")
+	var got []logging.Line
+	for _, s := range lines {
+		if l, ok := logging.ParseLine(s); ok {
+			got = append(got, l)
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("parsed %d lines of %q, want 2", len(got), lines)
+	}
+	if l := got[0]; l.Level != "WARN" || !l.Is("connection_refused", "fail", "code", "unknown_key") || l.Int("count") != 12 ||
+		l.Fields["reason"] != "key a|b: c" || l.Int("code") != -1 {
+		t.Errorf("first line read back as %+v", l)
+	}
+	if l := got[1]; l.Level != "INFO" || !l.Is("hello", "success", "agency", "3") || l.Is("hello", "fail") || l.Is("hello", "", "agency", "4") {
+		t.Errorf("second line read back as %+v", l)
+	}
+	if s := got[1].String(); s != "hello | success | agency: 3" {
+		t.Errorf("String() = %q", s)
+	}
+}

@@ -155,7 +155,7 @@ func TestFullDiskCrashOnly(t *testing.T) {
 	if code != 1 || took > 20*time.Second {
 		t.Errorf("%s exited with %d, %v after its store failed; want 1, promptly", first.name, code, took.Round(time.Millisecond))
 	}
-	if f := find(lines, "store_commit", "fail"); len(f) == 0 || !strings.Contains(f[0].fields["error"], "no space left on device") {
+	if f := find(lines, "store_commit", "fail"); len(f) == 0 || !strings.Contains(f[0].Fields["error"], "no space left on device") {
 		t.Errorf("%s: want a store_commit fail line naming the full disk, got %v", first.name, f)
 	}
 	for _, action := range []string{"store", "server_exit"} {
@@ -177,7 +177,7 @@ func TestFullDiskCrashOnly(t *testing.T) {
 	} else {
 		t.Logf("%s gave up %v after the store failed", gaveUp.name, after.Round(time.Millisecond))
 	}
-	if e := find(gaveUp.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].fields["error"], "gave up") {
+	if e := find(gaveUp.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], "gave up") {
 		t.Errorf("%s: want an `exit | result: fail` line saying it gave up, got %v", gaveUp.name, e)
 	}
 	sup.waitFor(t, 2*hangGuard, "a failed restart on the full disk", func() bool { return len(sup.failures) >= 2 })
@@ -190,7 +190,7 @@ func TestFullDiskCrashOnly(t *testing.T) {
 	}
 	for _, p := range c.agencies {
 		for _, l := range append(find(p.lines(), "connect", "in_progress"), find(p.lines(), "exit", "fail")...) {
-			if strings.Contains(l.fields["error"], "(storage)") {
+			if strings.Contains(l.Fields["error"], "(storage)") {
 				storage++
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -72,7 +73,7 @@ func TestDrainOnSigterm(t *testing.T) {
 		t.Fatalf("SIGTERM came after the whole upload; the test exercised nothing")
 	}
 	closed := find(lines, "file_store_close", "success")
-	if len(closed) != 1 || closed[0].int("committed_bytes") != fileSize(t, betsPath) {
+	if len(closed) != 1 || closed[0].Int("committed_bytes") != fileSize(t, betsPath) {
 		t.Errorf("file_store_close %v; bets.csv has %d bytes", closed, fileSize(t, betsPath))
 	}
 
@@ -93,14 +94,14 @@ func TestDrainOnSigterm(t *testing.T) {
 		t.Fatalf("%s exited with %d after SIGTERM", first.name, code)
 	}
 	stopped := find(first.lines(), "shutdown", "success")
-	if len(stopped) != 1 || stopped[0].int("bets_acknowledged") < 0 || stopped[0].int("bets_acknowledged") > int64(len(disk[1])) {
+	if len(stopped) != 1 || stopped[0].Int("bets_acknowledged") < 0 || stopped[0].Int("bets_acknowledged") > int64(len(disk[1])) {
 		t.Errorf("%s: shutdown lines %v; %d of its bets are on disk", first.name, stopped, len(disk[1]))
-	} else if acked := stopped[0].int("bets_acknowledged"); acked != int64(len(disk[1])) {
+	} else if acked := stopped[0].Int("bets_acknowledged"); acked != int64(len(disk[1])) {
 		t.Logf("%s counted %d bets acknowledged; the server acknowledged %d", first.name, acked, len(disk[1]))
 	}
 
 	c.startServer()
-	if opens := find(c.server.lines(), "store_open", "success"); len(opens) != 1 || opens[0].int("bets") != int64(total) {
+	if opens := find(c.server.lines(), "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != int64(total) {
 		t.Errorf("after the restart store_open %v, want %d bets", opens, total)
 	}
 	if cuts := find(c.server.lines(), "store_recover", ""); len(cuts) > 0 {
@@ -116,7 +117,7 @@ func TestDrainOnSigterm(t *testing.T) {
 			t.Errorf("%s: no hello after the restart", p.name)
 			continue
 		}
-		if held := h[hellos[id]].int("held"); held != int64(len(disk[uint32(id)])) {
+		if held := h[hellos[id]].Int("held"); held != int64(len(disk[uint32(id)])) {
 			t.Errorf("%s: resumed from WELCOME held %d, the drain left %d bets on disk", p.name, held, len(disk[uint32(id)]))
 		}
 	}
@@ -130,10 +131,10 @@ func TestDrainOnSigterm(t *testing.T) {
 // close each connection, stop the engine, then flush, sync and close the
 // store; and that the metrics server (/readyz) was still up through all of
 // it, stopping only after the drain.
-func checkDrainOrder(t *testing.T, lines []logLine) {
+func checkDrainOrder(t *testing.T, lines []logging.Line) {
 	t.Helper()
 	pos := -1
-	next := func(step string, match func(logLine) bool) {
+	next := func(step string, match func(logging.Line) bool) {
 		t.Helper()
 		for i := pos + 1; i < len(lines); i++ {
 			if match(lines[i]) {
@@ -143,30 +144,30 @@ func checkDrainOrder(t *testing.T, lines []logLine) {
 		}
 		t.Fatalf("drain step %q missing or out of order; steps logged:\n%s", step, drainSteps(lines))
 	}
-	is := func(action, result string, kv ...string) func(logLine) bool {
-		return func(l logLine) bool { return l.is(action, result, kv...) }
+	is := func(action, result string, kv ...string) func(logging.Line) bool {
+		return func(l logging.Line) bool { return l.Is(action, result, kv...) }
 	}
-	file := func(action, name string) func(logLine) bool {
-		return func(l logLine) bool {
-			return l.is(action, "success") && filepath.Base(l.fields["file"]) == name
+	file := func(action, name string) func(logging.Line) bool {
+		return func(l logging.Line) bool {
+			return l.Is(action, "success") && filepath.Base(l.Fields["file"]) == name
 		}
 	}
 	next("signal", is("signal", "success", "signal", "terminated"))
 	next("stop accepting", is("shutdown", "in_progress", "step", "stop_accepting"))
 	stop := pos
-	conns := lines[stop].int("connections")
+	conns := lines[stop].Int("connections")
 	if conns > 0 {
 		next("finish in-flight", is("shutdown", "in_progress", "step", "finish_in_flight"))
 	}
 	next("engine stop", is("engine_stop", "success"))
 	closed, refused := 0, 0
 	for _, l := range lines[stop:pos] {
-		if l.is("connection_closed", "") {
+		if l.Is("connection_closed", "") {
 			closed++
 		}
-		if l.is("session_error", "fail", "code", frame.CodeShuttingDown.String()) {
+		if l.Is("session_error", "fail", "code", frame.CodeShuttingDown.String()) {
 			refused++
-			if l.fields["agency"] == "0" {
+			if l.Fields["agency"] == "0" {
 				closed++ // before HELLO its connection_closed line is a debug line
 			}
 		}
@@ -187,21 +188,21 @@ func checkDrainOrder(t *testing.T, lines []logLine) {
 	next("shutdown done", is("shutdown", "success"))
 	next("exit", is("server_exit", "success"))
 	for i, l := range lines {
-		if l.is("metrics_shutdown", "") && i < pos {
+		if l.Is("metrics_shutdown", "") && i < pos {
 			t.Errorf("the metrics server (/readyz) stopped during the drain, at line %d of %d: it must answer 503 until the drain is over", i, pos)
 		}
 	}
 	t.Logf("drain: %d connections at stop_accepting, %d connection_closed lines, %d told shutting_down", conns, closed, refused)
 }
 
-func drainSteps(lines []logLine) string {
+func drainSteps(lines []logging.Line) string {
 	var b strings.Builder
 	for _, l := range lines {
-		switch l.action {
+		switch l.Action {
 		case "apuesta_recibida", "hello", "config", "listen", "store_open", "agency_finished", "connection_replaced":
 			continue
 		}
-		b.WriteString("  " + l.action + " " + l.result + " " + l.fields["step"] + l.fields["file"] + "\n")
+		b.WriteString("  " + l.Action + " " + l.Result + " " + l.Fields["step"] + l.Fields["file"] + "\n")
 	}
 	return b.String()
 }

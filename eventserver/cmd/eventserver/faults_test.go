@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -28,22 +29,22 @@ func (c *cluster) checkRecovery(held, logged map[uint32]int, before []byte) map[
 	if len(opens) != 1 {
 		c.t.Fatalf("%s: %d store_open success lines", c.server.name, len(opens))
 	}
-	committed, bets := opens[0].int("committed_bytes"), opens[0].int("bets")
+	committed, bets := opens[0].Int("committed_bytes"), opens[0].Int("bets")
 	betsPath := filepath.Join(c.dataDir, filestore.BetsFile)
-	var moved []logLine
+	var moved []logging.Line
 	for _, l := range find(lines, "store_recover", "success", "file", filestore.BetsFile) {
-		if _, ok := l.fields["moved_bytes"]; ok {
+		if _, ok := l.Fields["moved_bytes"]; ok {
 			moved = append(moved, l)
 		}
 	}
 	size := int64(len(before))
 	switch {
 	case size > committed:
-		if len(moved) != 1 || moved[0].int("moved_bytes") != size-committed {
+		if len(moved) != 1 || moved[0].Int("moved_bytes") != size-committed {
 			c.t.Errorf("%s: bets.csv had %d bytes, %d kept; want one store_recover line moving %d bytes aside, got %v",
 				c.server.name, size, committed, size-committed, moved)
-		} else if aside, err := os.ReadFile(moved[0].fields["moved_to"]); err != nil || !bytes.Equal(aside, before[committed:]) {
-			c.t.Errorf("%s: %s does not hold the %d bytes cut from bets.csv (%v)", c.server.name, moved[0].fields["moved_to"],
+		} else if aside, err := os.ReadFile(moved[0].Fields["moved_to"]); err != nil || !bytes.Equal(aside, before[committed:]) {
+			c.t.Errorf("%s: %s does not hold the %d bytes cut from bets.csv (%v)", c.server.name, moved[0].Fields["moved_to"],
 				size-committed, err)
 		}
 	case size == committed:
@@ -137,7 +138,7 @@ func TestServerKilledMidUpload(t *testing.T) {
 		}
 		if k == 1 {
 			j := find(c.server.lines(), "store_recover", "success", "file", filestore.JournalFile)
-			if len(j) != 1 || j[0].int("torn_bytes") < 5 {
+			if len(j) != 1 || j[0].Int("torn_bytes") < 5 {
 				t.Errorf("%s: want a store_recover line dropping the torn journal record, got %v", c.server.name, j)
 			}
 		}
@@ -178,7 +179,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 			}
 			r := faultRand(t)
 			c.startServer()
-			if got := find(c.server.lines(), "listen", "success")[0].fields["mode"]; got != mode {
+			if got := find(c.server.lines(), "listen", "success")[0].Fields["mode"]; got != mode {
 				t.Errorf("server listens in mode %q, want %q", got, mode)
 			}
 			c.dialTo = startCutProxy(t, c.addr, proxyRate).addr()
@@ -202,7 +203,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 				c.agencies[id].kill(t)
 				acked := storedLogged(c.server.lines())[uint32(id)]
 				p := c.startAgency(id)
-				var hello logLine
+				var hello logging.Line
 				waitFor(t, hangGuard, p.name+" to say hello", func() bool {
 					h := find(p.lines(), "hello", "success")
 					if len(h) > 0 {
@@ -210,7 +211,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 					}
 					return len(h) > 0
 				})
-				got := int(hello.int("held"))
+				got := int(hello.Int("held"))
 				if got < acked || got > len(data.bets[id-1]) {
 					t.Errorf("%s: WELCOME held %d; the server had acknowledged %d of %d bets", p.name, got, acked, len(data.bets[id-1]))
 				}
@@ -281,7 +282,7 @@ func TestNetworkCutMidUpload(t *testing.T) {
 	timeouts := 0
 	for id := 1; id <= len(data.bets); id++ {
 		for _, l := range find(c.agencies[id].lines(), "connect", "in_progress") {
-			if strings.Contains(l.fields["error"], "timeout") || strings.Contains(l.fields["error"], "in time") {
+			if strings.Contains(l.Fields["error"], "timeout") || strings.Contains(l.Fields["error"], "in time") {
 				timeouts++
 			}
 		}

@@ -7,7 +7,6 @@ package main
 // of one restartable server and its agencies, and the end-of-run checks.
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"crypto/ed25519"
@@ -34,6 +33,7 @@ import (
 
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/persist/filestore"
 	"github.com/tp0/loteria/secure"
 )
@@ -327,81 +327,18 @@ func (p *proc) kill(t *testing.T) {
 	p.wait(t, 20*time.Second)
 }
 
-func (p *proc) lines() []logLine { return readLogLines(p.log) }
+func (p *proc) lines() []logging.Line { return readLogLines(p.log) }
 
-// logLine is one action line: "... action: <action> | result: <r> | k: v | ...".
-type logLine struct {
-	action, result string
-	fields         map[string]string
+// readLogLines is the action lines of a log file written so far.
+func readLogLines(path string) []logging.Line {
+	lines, _ := logging.ReadFile(path) // a half-written last line is skipped, and read on the next call
+	return lines
 }
 
-func (l logLine) is(action, result string, kv ...string) bool {
-	if l.action != action || (result != "" && l.result != result) {
-		return false
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		if l.fields[kv[i]] != kv[i+1] {
-			return false
-		}
-	}
-	return true
-}
-
-func (l logLine) int(key string) int64 {
-	n, err := strconv.ParseInt(l.fields[key], 10, 64)
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
-func (l logLine) String() string {
-	var b strings.Builder
-	b.WriteString(l.action + " | " + l.result)
-	keys := make([]string, 0, len(l.fields))
-	for k := range l.fields {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		b.WriteString(" | " + k + ": " + l.fields[k])
-	}
-	return b.String()
-}
-
-func readLogLines(path string) []logLine {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var out []logLine
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.Index(line, "action: ")
-		if i < 0 {
-			continue
-		}
-		parts := strings.Split(line[i+len("action: "):], " | ")
-		l := logLine{action: parts[0], fields: map[string]string{}}
-		for _, p := range parts[1:] {
-			k, v, _ := strings.Cut(p, ": ")
-			if k == "result" {
-				l.result = v
-			} else {
-				l.fields[k] = v
-			}
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
-func find(lines []logLine, action, result string, kv ...string) []logLine {
-	var out []logLine
+func find(lines []logging.Line, action, result string, kv ...string) []logging.Line {
+	var out []logging.Line
 	for _, l := range lines {
-		if l.is(action, result, kv...) {
+		if l.Is(action, result, kv...) {
 			out = append(out, l)
 		}
 	}
@@ -535,7 +472,7 @@ func (c *cluster) startServer(more ...string) *proc {
 		return len(find(p.lines(), "listen", "success")) > 0
 	})
 	if l := find(p.lines(), "metrics_listen", "success"); len(l) > 0 {
-		c.metrics = l[0].fields["address"]
+		c.metrics = l[0].Fields["address"]
 	}
 	return p
 }
@@ -594,7 +531,7 @@ func (c *cluster) finishAgencies() map[int]string {
 		if len(got) != 1 {
 			c.t.Errorf("%s: no `consulta_ganadores | result: success | cant_ganadores: %s` line:\n%s", p.name, want, tail(p.log, 10))
 		} else {
-			roots[id] = got[0].fields["root"]
+			roots[id] = got[0].Fields["root"]
 		}
 		if len(find(lines, "exit", "success", "bets", strconv.Itoa(len(c.data.bets[id-1])), "cant_ganadores", want)) != 1 {
 			c.t.Errorf("%s: no `exit | result: success` line with all bets and %s winners", p.name, want)
@@ -672,11 +609,11 @@ func (c *cluster) checkEvidence(roots map[int]string) {
 	for run := 1; run <= c.runs; run++ {
 		for _, l := range find(readLogLines(filepath.Join(c.logs, fmt.Sprintf("server-%d.log", run))), "sorteo", "success") {
 			draws++
-			if l.fields["root"] != statement.Root {
-				c.t.Errorf("server-%d logged sorteo with root %s; commitment.json says %s", run, l.fields["root"], statement.Root)
+			if l.Fields["root"] != statement.Root {
+				c.t.Errorf("server-%d logged sorteo with root %s; commitment.json says %s", run, l.Fields["root"], statement.Root)
 			}
-			if want := strconv.FormatBool(c.secured()); l.fields["signed"] != want {
-				c.t.Errorf("server-%d: sorteo signed: %s, want %s", run, l.fields["signed"], want)
+			if want := strconv.FormatBool(c.secured()); l.Fields["signed"] != want {
+				c.t.Errorf("server-%d: sorteo signed: %s, want %s", run, l.Fields["signed"], want)
 			}
 		}
 	}
@@ -740,11 +677,11 @@ func firstDiff(a, b []frame.Bet) int {
 // it logs apuesta_recibida only once the batch is on disk, before the ACK.
 // Its log is buffered, so a killed run may have lost its last lines: this
 // is a lower bound of what it acknowledged.
-func storedLogged(lines []logLine) map[uint32]int {
+func storedLogged(lines []logging.Line) map[uint32]int {
 	out := map[uint32]int{}
 	for _, l := range find(lines, "apuesta_recibida", "success") {
-		id, _ := strconv.Atoi(l.fields["agency"])
-		out[uint32(id)] += int(l.int("stored"))
+		id, _ := strconv.Atoi(l.Fields["agency"])
+		out[uint32(id)] += int(l.Int("stored"))
 	}
 	return out
 }

@@ -45,8 +45,8 @@ func TestMissingJournalRefusesThenRebuilds(t *testing.T) {
 		t.Errorf("%s started without its journal: exit %d, want 1", refused.name, code)
 	}
 	fails := find(refused.lines(), "server_start", "fail")
-	if len(fails) != 1 || !strings.Contains(fails[0].fields["error"], journalPath) ||
-		!strings.Contains(fails[0].fields["error"], "--rebuild-journal") {
+	if len(fails) != 1 || !strings.Contains(fails[0].Fields["error"], journalPath) ||
+		!strings.Contains(fails[0].Fields["error"], "--rebuild-journal") {
 		t.Errorf("%s: want one server_start fail line naming %s and --rebuild-journal, got %v", refused.name, journalPath, fails)
 	}
 	if len(find(refused.lines(), "listen", "success")) != 0 {
@@ -62,12 +62,12 @@ func TestMissingJournalRefusesThenRebuilds(t *testing.T) {
 	c.startServer("--rebuild-journal")
 	lines := c.server.lines()
 	rebuilt := find(lines, "store_recover", "success", "file", filestore.JournalFile)
-	if len(rebuilt) != 1 || !strings.Contains(rebuilt[0].fields["action_taken"], "rebuilt") {
+	if len(rebuilt) != 1 || !strings.Contains(rebuilt[0].Fields["action_taken"], "rebuilt") {
 		t.Errorf("%s: want a store_recover line saying the journal was rebuilt, got %v", c.server.name, rebuilt)
 	}
 	rows := int64(bytes.Count(before, []byte("\n")))
-	if opens := find(lines, "store_open", "success"); len(opens) != 1 || opens[0].int("bets") != rows ||
-		opens[0].int("agencies_finished") != 0 {
+	if opens := find(lines, "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != rows ||
+		opens[0].Int("agencies_finished") != 0 {
 		t.Errorf("%s: store_open %v; bets.csv held %d rows and the rebuilt journal knows no FINISHED", c.server.name, opens, rows)
 	}
 	c.startAgency(5)

@@ -37,7 +37,7 @@ func TestKeyRotationOnSighup(t *testing.T) {
 	replaceFile(t, pubPath(c.keys, 1), []byte("not a key\n"))
 	c.server.signal(syscall.SIGHUP)
 	waitFor(t, hangGuard, "keys_reload | result: fail", func() bool { return reloads("fail") == 1 })
-	if l := find(c.server.lines(), "keys_reload", "fail")[0]; !strings.Contains(l.fields["error"], pubPath(c.keys, 1)) {
+	if l := find(c.server.lines(), "keys_reload", "fail")[0]; !strings.Contains(l.Fields["error"], pubPath(c.keys, 1)) {
 		t.Errorf("the failed reload does not name the bad file: %v", l)
 	}
 	if f, err := helloWith(c.addr, loadKey(t, keyPath(c.keys, 1)), serverPub, 1); err != nil || f.Type() != frame.TypeWelcome {
@@ -65,7 +65,7 @@ func TestKeyRotationOnSighup(t *testing.T) {
 	if code := old.wait(t, hangGuard); code != 1 {
 		t.Errorf("agency 2 with its old key exited %d, want 1", code)
 	}
-	if e := find(old.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].fields["error"], frame.CodeUnknownKey.String()) {
+	if e := find(old.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], frame.CodeUnknownKey.String()) {
 		t.Errorf("agency 2 with its old key: exit lines %v, want one naming %s", e, frame.CodeUnknownKey)
 	}
 	if held := find(c.server.lines(), "apuesta_recibida", "success", "agency", "2"); len(held) != 0 {

@@ -232,13 +232,13 @@ func (d *deployment) finish(supervise func()) string {
 			d.t.Fatalf("%s: %d consulta_ganadores success lines, want 1:\n%s", p.name, len(got), tail(p.log, 10))
 		}
 		want := d.l.winners[id-1]
-		if got[0].fields["cant_ganadores"] != itoa(len(want)) || got[0].fields["dni"] != strings.Join(want, ",") {
-			d.t.Errorf("%s got winners %q (%s), want %q", p.name, got[0].fields["dni"], got[0].fields["cant_ganadores"], strings.Join(want, ","))
+		if got[0].Fields["cant_ganadores"] != itoa(len(want)) || got[0].Fields["dni"] != strings.Join(want, ",") {
+			d.t.Errorf("%s got winners %q (%s), want %q", p.name, got[0].Fields["dni"], got[0].Fields["cant_ganadores"], strings.Join(want, ","))
 		}
 		if len(find(lines, "exit", "success", "bets", itoa(d.l.bets[id-1]))) != 1 {
 			d.t.Errorf("%s: no `exit | result: success | bets: %d` line", p.name, d.l.bets[id-1])
 		}
-		switch r := got[0].fields["root"]; {
+		switch r := got[0].Fields["root"]; {
 		case r == "":
 			d.t.Errorf("%s: no commitment root logged", p.name)
 		case root == "":
@@ -432,7 +432,7 @@ func TestDatabaseCrashMidUpload(t *testing.T) {
 	storage := 0
 	for _, p := range d.ag {
 		for _, l := range find(p.lines(), "connect", "in_progress") {
-			if strings.Contains(l.fields["error"], "(storage)") {
+			if strings.Contains(l.Fields["error"], "(storage)") {
 				storage++
 			}
 		}

@@ -1,8 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tp0/loteria/internal/logging"
 )
 
 // The tests run the real binaries; they are built once per test binary.
@@ -111,56 +111,19 @@ func (p *proc) wait(t *testing.T, limit time.Duration) int {
 	}
 }
 
-// logLine is one action line: "... action: <a> | result: <r> | k: v | ...".
-type logLine struct {
-	action, result string
-	fields         map[string]string
-}
-
-func (p *proc) lines() []logLine {
-	data, err := os.ReadFile(p.log)
-	if err != nil {
-		return nil
-	}
-	var out []logLine
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.Index(line, "action: ")
-		if i < 0 {
-			continue
-		}
-		parts := strings.Split(line[i+len("action: "):], " | ")
-		l := logLine{action: parts[0], fields: map[string]string{}}
-		for _, part := range parts[1:] {
-			k, v, _ := strings.Cut(part, ": ")
-			if k == "result" {
-				l.result = v
-			} else {
-				l.fields[k] = v
-			}
-		}
-		out = append(out, l)
-	}
-	return out
+func (p *proc) lines() []logging.Line {
+	lines, _ := logging.ReadFile(p.log) // a half-written last line is skipped, and read on the next call
+	return lines
 }
 
 // find returns the lines of action with result (any when "") whose fields
 // hold every key/value pair of kv.
-func find(lines []logLine, action, result string, kv ...string) []logLine {
-	var out []logLine
-next:
+func find(lines []logging.Line, action, result string, kv ...string) []logging.Line {
+	var out []logging.Line
 	for _, l := range lines {
-		if l.action != action || (result != "" && l.result != result) {
-			continue
+		if l.Is(action, result, kv...) {
+			out = append(out, l)
 		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			if l.fields[kv[i]] != kv[i+1] {
-				continue next
-			}
-		}
-		out = append(out, l)
 	}
 	return out
 }
