@@ -50,7 +50,8 @@ export METRICS_PORT
 COMPOSE_AGENCIES = $(if $(filter 0,$(AGENCIES)),1,$(AGENCIES))
 
 .PHONY: docker-image docker-compose-check docker-compose-file docker-compose-data docker-compose-keys \
-	docker-compose-receipts docker-compose-up docker-compose-down docker-compose-logs docker-compose-restart e2e
+	docker-compose-receipts docker-compose-up docker-compose-down docker-compose-logs docker-compose-restart \
+	docker-compose-rotate-key e2e
 
 # Each rebuild with new binaries leaves the previous image untagged; those
 # (and only those: dangling, with our title label) are pruned.
@@ -118,6 +119,25 @@ docker-compose-logs: docker-compose-check docker-compose-file ## follow the logs
 
 docker-compose-restart: docker-compose-check docker-compose-file ## restart SERVICE (default server): re-reads its config.yaml and key files, keeps the bets
 	$(COMPOSE_CMD) restart -t 10 $(or $(SERVICE),server)
+
+# A new key pair for agency AGENCY while everything runs: bin/keygen writes it
+# in a scratch folder and it is copied over .keys/agency-AGENCY.{key,pub} in
+# place, keeping their mode and group. In place matters: the containers
+# bind-mount those files, and a bind mount keeps showing the file it started
+# with, so a file replaced by a new one (a rename) would stay hidden from
+# them. Then the server re-reads the agencies' public keys on SIGHUP.
+docker-compose-rotate-key: docker-compose-check docker-compose-file build ## new key pair for AGENCY, live: the server reloads its keys on SIGHUP; restart clientAGENCY to use it
+	@case "$(AGENCY)" in ''|0|*[!0-9]*) echo "error: AGENCY must be an agency number, got '$(AGENCY)'" >&2; exit 2;; esac
+	@for f in $(KEYS_DIR)/agency-$(AGENCY).key $(KEYS_DIR)/agency-$(AGENCY).pub; do \
+		[ -f $$f ] || { echo "error: $$f does not exist; make docker-compose-up writes the keys" >&2; exit 1; }; \
+	done
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		$(BIN)/keygen --dir "$$tmp" --agencies $(AGENCY) >/dev/null && \
+		cp "$$tmp/agency-$(AGENCY).key" $(KEYS_DIR)/agency-$(AGENCY).key && \
+		cp "$$tmp/agency-$(AGENCY).pub" $(KEYS_DIR)/agency-$(AGENCY).pub
+	$(COMPOSE_CMD) kill -s SIGHUP server
+	@echo "agency $(AGENCY) has a new key pair and the server reloaded the public keys (its log: keys_reload);" \
+		"the old key is refused from now on. make docker-compose-restart SERVICE=client$(AGENCY) runs the agency with the new one."
 
 e2e: ## end to end in Docker, secured: 5 agencies, winners, receipts, readiness, crash restart, drain, echo check
 	@MAKE="$(MAKE)" DOCKER="$(DOCKER)" COMPOSE="$(COMPOSE)" bash compose/e2e.sh

@@ -26,6 +26,9 @@
 #     reporting success without its receipt;
 #   - validar-echo-server.sh says success while the server is up, run as
 #     ./script and under sh (no agency key needed);
+#   - make docker-compose-rotate-key gives agency 1 a new key while the server
+#     runs: the server reloads on SIGHUP without a restart and the agency, run
+#     again with its new key, is let in (agency 1's keys are put back after);
 #   - docker compose restart server keeps the bets (named volume);
 #   - a crashed server is restarted by Compose (restart: on-failure) with its
 #     bets: `docker kill -s QUIT` makes Go exit 2 (see below for why not
@@ -132,6 +135,7 @@ cleanup() {
 		child=""
 	fi
 	"$docker" rm -f "${project}-receipt-check" >/dev/null 2>&1
+	restore_key || echo "e2e: could not put agency 1's key back; the original is in $work" >&2
 	if [[ $cleaned == 0 ]]; then
 		save_logs
 		compose down -v --remove-orphans -t 2 >/dev/null 2>&1
@@ -141,6 +145,13 @@ cleanup() {
 	else
 		rm -rf -- "$work"
 	fi
+}
+# restore_key puts agency 1's original key files back in place after the
+# rotation check.
+rotated=0
+restore_key() {
+	[[ $rotated == 1 ]] || return 0
+	cp "$work/agency-1.key.orig" .keys/agency-1.key && cp "$work/agency-1.pub.orig" .keys/agency-1.pub && rotated=0
 }
 save_logs() {
 	local c
@@ -434,6 +445,54 @@ if [[ $rc == 0 && $out == "action: test_echo_server | result: success" ]]; then
 else
 	fail "sh validar-echo-server.sh with the server up: exit $rc, '$out' $(cat "$work/validar-sh.err")"
 fi
+
+# Key rotation under Compose, with the server running: the new pair is
+# written over agency 1's key files in place, the server reloads on SIGHUP
+# (no restart), and agency 1 run again with its new key is let in and sees
+# all its bets. Agency 1's original keys are put back afterwards (and by
+# cleanup if the run stops first): .keys/ may be the developer's own.
+step "rotate agency 1's key (make docker-compose-rotate-key, SIGHUP)"
+cp -p .keys/agency-1.key "$work/agency-1.key.orig" && cp -p .keys/agency-1.pub "$work/agency-1.pub.orig" && rotated=1
+old_pub=$(cat .keys/agency-1.pub)
+server_started=$("$docker" inspect -f '{{.State.StartedAt}}' server)
+reloads=$("$docker" logs server 2>&1 | grep -c 'action: keys_reload | result: success')
+if "$make_cmd" --no-print-directory docker-compose-rotate-key AGENCY=1 PROJECT="$project" AGENCIES="$agencies" \
+	DOCKER="$docker" COMPOSE="$compose_bin" >"$work/rotate.log" 2>&1; then
+	pass "make docker-compose-rotate-key AGENCY=1"
+else
+	fail "make docker-compose-rotate-key AGENCY=1: $(tail -3 "$work/rotate.log")"
+fi
+deadline=$(($(date +%s) + 20))
+until (($("$docker" logs server 2>&1 | grep -c 'action: keys_reload | result: success') > reloads)); do
+	(($(date +%s) < deadline)) || break
+	sleep 1
+done
+if [[ $(cat .keys/agency-1.pub) != "$old_pub" && $(stat -c %a .keys/agency-1.key) == 640 ]] &&
+	(($("$docker" logs server 2>&1 | grep -c 'action: keys_reload | result: success') > reloads)) &&
+	[[ $("$docker" inspect -f '{{.State.StartedAt}}' server) == "$server_started" ]]; then
+	pass "agency 1 has a new key (still mode 0640) and the running server reloaded the keys on SIGHUP, without a restart"
+else
+	fail "after the rotation: pub changed $([[ $(cat .keys/agency-1.pub) != "$old_pub" ]] && echo yes || echo no), key mode \
+$(stat -c %a .keys/agency-1.key), keys_reload lines $("$docker" logs server 2>&1 | grep -c 'action: keys_reload'), server started \
+$("$docker" inspect -f '{{.State.StartedAt}}' server) (was $server_started)"
+fi
+compose start client1 >"$work/rotate-client.log" 2>&1 || fail "compose start client1: $(tail -3 "$work/rotate-client.log")"
+deadline=$(($(date +%s) + 120))
+until [[ $("$docker" inspect -f '{{.State.Status}}' client1 2>/dev/null) == exited ]]; do
+	(($(date +%s) < deadline)) || break
+	sleep 1
+done
+"$docker" logs client1 >"$work/client1-rotated.log" 2>&1
+hello_re="action: hello [|] result: success [|] agency: 1 [|] server: [^ ]+ [|] held: ${rows[1]} [|] finished: true"
+if [[ $("$docker" inspect -f '{{.State.Status}} {{.State.ExitCode}}' client1) == "exited 0" ]] &&
+	[[ $(grep -c 'action: exit | result: success' "$work/client1-rotated.log") == 2 ]] &&
+	grep -Eq "$hello_re" "$work/client1-rotated.log"; then
+	pass "agency 1 with its new key was let in, found its ${rows[1]} bets and exited 0"
+else
+	fail "agency 1 with its new key: $("$docker" inspect -f '{{.State.Status}} exit {{.State.ExitCode}}' client1), \
+last lines: $(grep -E 'action: (hello|connect|exit)' "$work/client1-rotated.log" | tail -2)"
+fi
+restore_key
 
 step "restart server"
 compose restart -t 10 server >"$work/restart.log" 2>&1 || fail "compose restart server: $(tail -3 "$work/restart.log")"
