@@ -32,9 +32,7 @@ func TestMain(m *testing.M) {
 	if testKeyDir != "" {
 		os.RemoveAll(testKeyDir)
 	}
-	if smokeBins.dir != "" {
-		os.RemoveAll(smokeBins.dir)
-	}
+	smokeBins.Remove()
 	os.Exit(code)
 }
 

@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tp0/loteria/eventserver"
+	"github.com/tp0/loteria/internal/proctest"
 )
 
 func smokeOptions(t *testing.T) Options {
@@ -175,37 +174,14 @@ func TestVariantsInOrder(t *testing.T) {
 }
 
 // smokeBins are the real binaries, built once for the smoke test.
-var smokeBins struct {
-	once sync.Once
-	dir  string
-	err  error
-}
+var smokeBins = proctest.NewBinaries(
+	"github.com/tp0/loteria/eventserver/cmd/eventserver",
+	"github.com/tp0/loteria/agency/cmd/agency",
+	"github.com/tp0/loteria/agency/cmd/gendata",
+	"github.com/tp0/loteria/secure/cmd/keygen",
+	"github.com/tp0/loteria/bench/cmd/bench")
 
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	smokeBins.once.Do(func() {
-		dir, err := os.MkdirTemp("", "bench-smoke-bins-")
-		if err != nil {
-			smokeBins.err = err
-			return
-		}
-		smokeBins.dir = dir
-		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-			"github.com/tp0/loteria/eventserver/cmd/eventserver",
-			"github.com/tp0/loteria/agency/cmd/agency",
-			"github.com/tp0/loteria/agency/cmd/gendata",
-			"github.com/tp0/loteria/secure/cmd/keygen",
-			"github.com/tp0/loteria/bench/cmd/bench")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			smokeBins.err = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if smokeBins.err != nil {
-		t.Fatal(smokeBins.err)
-	}
-	return smokeBins.dir
-}
+func buildBinaries(t *testing.T) string { return smokeBins.Dir(t) }
 
 // TestSmokeWithTheRealBinaries is make bench-smoke with freshly built
 // binaries: both servers secured, keys from keygen, the course-shaped run

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/secure"
 )
 
@@ -622,7 +623,7 @@ func TestServerRunsAndStopsOnSignal(t *testing.T) {
 			if mode == "insecure" {
 				want = `keys_reload \| result: fail \| reason: .*--insecure.*`
 			}
-			waitFor(t, hangGuard, "the SIGHUP to be handled", func() bool { return cfgLine(want).MatchString(r.stdout.String()) })
+			proctest.WaitFor(t, hangGuard, "the SIGHUP to be handled", func() bool { return cfgLine(want).MatchString(r.stdout.String()) })
 
 			r.sigs <- syscall.SIGTERM
 			if code := waitExit(t, r.done, r.stdout); code != 0 {

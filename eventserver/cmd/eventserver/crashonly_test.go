@@ -19,6 +19,7 @@ import (
 
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/metrics"
 	"github.com/tp0/loteria/secure"
 )
@@ -54,17 +55,17 @@ func mountTmpfs(t *testing.T, dir, size string) {
 type supervisor struct {
 	c        *cluster
 	stopped  bool
-	failures []*proc // incarnations that exited non-zero, in order
-	handled  int     // the incarnation whose exit was dealt with last
+	failures []*proctest.Proc // incarnations that exited non-zero, in order
+	handled  int              // the incarnation whose exit was dealt with last
 }
 
 func (s *supervisor) tick() {
 	p := s.c.server
-	if s.stopped || !p.exited() || s.handled == s.c.runs {
+	if s.stopped || !p.Exited() || s.handled == s.c.runs {
 		return
 	}
 	s.handled = s.c.runs
-	if p.code == 0 {
+	if p.Code() == 0 {
 		return
 	}
 	s.failures = append(s.failures, p)
@@ -72,10 +73,10 @@ func (s *supervisor) tick() {
 	s.c.spawnServer()
 }
 
-// waitFor is waitFor with the supervisor at work.
+// waitFor is proctest.WaitFor with the supervisor at work.
 func (s *supervisor) waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	waitFor(t, limit, what, func() bool {
+	proctest.WaitFor(t, limit, what, func() bool {
 		s.tick()
 		return cond()
 	})
@@ -126,18 +127,18 @@ func TestFullDiskCrashOnly(t *testing.T) {
 			unready = append(unready, body)
 		}
 	}
-	waitFor(t, 2*hangGuard, "the disk to fill and the store to fail", func() bool {
+	proctest.WaitFor(t, 2*hangGuard, "the disk to fill and the store to fail", func() bool {
 		poll()
-		if len(find(first.lines(), "store", "fail")) > 0 {
+		if len(proctest.Find(first.Lines(), "store", "fail")) > 0 {
 			failedAt = time.Now()
 			return true
 		}
-		if first.exited() {
-			t.Fatalf("%s exited with %d before its store failed:\n%s", first.name, first.code, tail(first.log, 20))
+		if first.Exited() {
+			t.Fatalf("%s exited with %d before its store failed:\n%s", first.Name, first.Code(), proctest.Tail(first.Log, 20))
 		}
 		return false
 	})
-	for !first.exited() && time.Since(failedAt) < 5*time.Second {
+	for !first.Exited() && time.Since(failedAt) < 5*time.Second {
 		poll()
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -148,48 +149,48 @@ func TestFullDiskCrashOnly(t *testing.T) {
 			break
 		}
 	}
-	code := first.wait(t, hangGuard)
-	took := first.end.Sub(failedAt)
-	t.Logf("%s exited %v after its store failed", first.name, took.Round(time.Millisecond))
-	lines := first.lines()
+	code := first.Wait(t, hangGuard)
+	took := first.End().Sub(failedAt)
+	t.Logf("%s exited %v after its store failed", first.Name, took.Round(time.Millisecond))
+	lines := first.Lines()
 	if code != 1 || took > 20*time.Second {
-		t.Errorf("%s exited with %d, %v after its store failed; want 1, promptly", first.name, code, took.Round(time.Millisecond))
+		t.Errorf("%s exited with %d, %v after its store failed; want 1, promptly", first.Name, code, took.Round(time.Millisecond))
 	}
-	if f := find(lines, "store_commit", "fail"); len(f) == 0 || !strings.Contains(f[0].Fields["error"], "no space left on device") {
-		t.Errorf("%s: want a store_commit fail line naming the full disk, got %v", first.name, f)
+	if f := proctest.Find(lines, "store_commit", "fail"); len(f) == 0 || !strings.Contains(f[0].Fields["error"], "no space left on device") {
+		t.Errorf("%s: want a store_commit fail line naming the full disk, got %v", first.Name, f)
 	}
 	for _, action := range []string{"store", "server_exit"} {
-		if len(find(lines, action, "fail")) != 1 {
-			t.Errorf("%s: want one `%s | result: fail` line:\n%s", first.name, action, tail(first.log, 15))
+		if len(proctest.Find(lines, action, "fail")) != 1 {
+			t.Errorf("%s: want one `%s | result: fail` line:\n%s", first.Name, action, proctest.Tail(first.Log, 15))
 		}
 	}
-	if len(find(lines, "session_error", "fail", "code", frame.CodeStorage.String())) == 0 {
-		t.Errorf("%s: no session was told ERROR storage", first.name)
+	if len(proctest.Find(lines, "session_error", "fail", "code", frame.CodeStorage.String())) == 0 {
+		t.Errorf("%s: no session was told ERROR storage", first.Name)
 	}
 
 	// Restarts fail while the disk is full; the agencies keep trying, and
 	// agency 4 gives up once nothing it sent was acknowledged for 3s.
-	sup.waitFor(t, 2*hangGuard, "agency 4 to give up", func() bool { return c.agencies[4].exited() })
+	sup.waitFor(t, 2*hangGuard, "agency 4 to give up", func() bool { return c.agencies[4].Exited() })
 	gaveUp := c.agencies[4]
-	if after := gaveUp.end.Sub(failedAt); gaveUp.code != 1 || after > 30*time.Second {
+	if after := gaveUp.End().Sub(failedAt); gaveUp.Code() != 1 || after > 30*time.Second {
 		t.Errorf("%s exited with %d, %v after the store failed; want 1 within 3s (--give-up) and some retries",
-			gaveUp.name, gaveUp.code, after.Round(time.Millisecond))
+			gaveUp.Name, gaveUp.Code(), after.Round(time.Millisecond))
 	} else {
-		t.Logf("%s gave up %v after the store failed", gaveUp.name, after.Round(time.Millisecond))
+		t.Logf("%s gave up %v after the store failed", gaveUp.Name, after.Round(time.Millisecond))
 	}
-	if e := find(gaveUp.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], "gave up") {
-		t.Errorf("%s: want an `exit | result: fail` line saying it gave up, got %v", gaveUp.name, e)
+	if e := proctest.Find(gaveUp.Lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], "gave up") {
+		t.Errorf("%s: want an `exit | result: fail` line saying it gave up, got %v", gaveUp.Name, e)
 	}
 	sup.waitFor(t, 2*hangGuard, "a failed restart on the full disk", func() bool { return len(sup.failures) >= 2 })
 	storage := 0
 	for _, id := range []int{1, 2, 3, 5} {
 		p := c.agencies[id]
-		if p.exited() {
-			t.Fatalf("%s exited (%d) while the server was failing; it should keep retrying:\n%s", p.name, p.code, tail(p.log, 10))
+		if p.Exited() {
+			t.Fatalf("%s exited (%d) while the server was failing; it should keep retrying:\n%s", p.Name, p.Code(), proctest.Tail(p.Log, 10))
 		}
 	}
 	for _, p := range c.agencies {
-		for _, l := range append(find(p.lines(), "connect", "in_progress"), find(p.lines(), "exit", "fail")...) {
+		for _, l := range append(proctest.Find(p.Lines(), "connect", "in_progress"), proctest.Find(p.Lines(), "exit", "fail")...) {
 			if strings.Contains(l.Fields["error"], "(storage)") {
 				storage++
 			}
@@ -207,7 +208,7 @@ func TestFullDiskCrashOnly(t *testing.T) {
 	c.startAgency(4, "--give-up", "60s")
 	sup.waitFor(t, 3*hangGuard, "the agencies to finish after the disk grew", func() bool {
 		for _, p := range c.agencies {
-			if !p.exited() {
+			if !p.Exited() {
 				return false
 			}
 		}
@@ -291,7 +292,7 @@ func TestReadyzFollowsStoreAndDrain(t *testing.T) {
 	<-entered
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()
-	waitFor(t, hangGuard, "the drain to start", srv.Draining)
+	proctest.WaitFor(t, hangGuard, "the drain to start", srv.Draining)
 	expect(h, "/readyz", http.StatusServiceUnavailable, "draining")
 	expect(h, "/healthz", http.StatusOK, "ok")
 	mode.Store(syncOK)

@@ -18,6 +18,7 @@ import (
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -42,15 +43,15 @@ func TestDrainOnSigterm(t *testing.T) {
 	c.uploading(30)
 
 	start := time.Now()
-	c.server.signal(syscall.SIGTERM)
-	code := c.server.wait(t, c.grace+hangGuard)
+	c.server.Signal(syscall.SIGTERM)
+	code := c.server.Wait(t, c.grace+hangGuard)
 	t.Logf("server drained in %v", time.Since(start).Round(time.Millisecond))
 	if code != 0 {
-		t.Fatalf("server exited with %d after SIGTERM:\n%s", code, tail(c.server.log, 20))
+		t.Fatalf("server exited with %d after SIGTERM:\n%s", code, proctest.Tail(c.server.Log, 20))
 	}
-	lines := c.server.lines()
+	lines := c.server.Lines()
 	checkDrainOrder(t, lines)
-	if f := find(lines, "shutdown", "fail"); len(f) > 0 {
+	if f := proctest.Find(lines, "shutdown", "fail"); len(f) > 0 {
 		t.Errorf("drain did not finish within the grace: %v", f)
 	}
 
@@ -72,7 +73,7 @@ func TestDrainOnSigterm(t *testing.T) {
 	if total >= data.total() {
 		t.Fatalf("SIGTERM came after the whole upload; the test exercised nothing")
 	}
-	closed := find(lines, "file_store_close", "success")
+	closed := proctest.Find(lines, "file_store_close", "success")
 	if len(closed) != 1 || closed[0].Int("committed_bytes") != fileSize(t, betsPath) {
 		t.Errorf("file_store_close %v; bets.csv has %d bytes", closed, fileSize(t, betsPath))
 	}
@@ -83,28 +84,28 @@ func TestDrainOnSigterm(t *testing.T) {
 	// closed connection ends its session before it reads the last ACKs.)
 	hellos := map[int]int{}
 	for id, p := range c.agencies {
-		if p.exited() {
-			t.Fatalf("%s exited while the server was down:\n%s", p.name, tail(p.log, 10))
+		if p.Exited() {
+			t.Fatalf("%s exited while the server was down:\n%s", p.Name, proctest.Tail(p.Log, 10))
 		}
-		hellos[id] = len(find(p.lines(), "hello", "success"))
+		hellos[id] = len(proctest.Find(p.Lines(), "hello", "success"))
 	}
 	first := c.agencies[1]
-	first.signal(syscall.SIGTERM)
-	if code := first.wait(t, hangGuard); code != 0 {
-		t.Fatalf("%s exited with %d after SIGTERM", first.name, code)
+	first.Signal(syscall.SIGTERM)
+	if code := first.Wait(t, hangGuard); code != 0 {
+		t.Fatalf("%s exited with %d after SIGTERM", first.Name, code)
 	}
-	stopped := find(first.lines(), "shutdown", "success")
+	stopped := proctest.Find(first.Lines(), "shutdown", "success")
 	if len(stopped) != 1 || stopped[0].Int("bets_acknowledged") < 0 || stopped[0].Int("bets_acknowledged") > int64(len(disk[1])) {
-		t.Errorf("%s: shutdown lines %v; %d of its bets are on disk", first.name, stopped, len(disk[1]))
+		t.Errorf("%s: shutdown lines %v; %d of its bets are on disk", first.Name, stopped, len(disk[1]))
 	} else if acked := stopped[0].Int("bets_acknowledged"); acked != int64(len(disk[1])) {
-		t.Logf("%s counted %d bets acknowledged; the server acknowledged %d", first.name, acked, len(disk[1]))
+		t.Logf("%s counted %d bets acknowledged; the server acknowledged %d", first.Name, acked, len(disk[1]))
 	}
 
 	c.startServer()
-	if opens := find(c.server.lines(), "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != int64(total) {
+	if opens := proctest.Find(c.server.Lines(), "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != int64(total) {
 		t.Errorf("after the restart store_open %v, want %d bets", opens, total)
 	}
-	if cuts := find(c.server.lines(), "store_recover", ""); len(cuts) > 0 {
+	if cuts := proctest.Find(c.server.Lines(), "store_recover", ""); len(cuts) > 0 {
 		t.Errorf("a clean drain left something to recover: %v", cuts)
 	}
 	c.startAgency(1)
@@ -112,13 +113,13 @@ func TestDrainOnSigterm(t *testing.T) {
 	roots := c.finishAgencies()
 	for id := 1; id <= len(data.bets); id++ {
 		p := c.agencies[id]
-		h := find(p.lines(), "hello", "success")
+		h := proctest.Find(p.Lines(), "hello", "success")
 		if len(h) <= hellos[id] {
-			t.Errorf("%s: no hello after the restart", p.name)
+			t.Errorf("%s: no hello after the restart", p.Name)
 			continue
 		}
 		if held := h[hellos[id]].Int("held"); held != int64(len(disk[uint32(id)])) {
-			t.Errorf("%s: resumed from WELCOME held %d, the drain left %d bets on disk", p.name, held, len(disk[uint32(id)]))
+			t.Errorf("%s: resumed from WELCOME held %d, the drain left %d bets on disk", p.Name, held, len(disk[uint32(id)]))
 		}
 	}
 	c.stopServer()
@@ -259,7 +260,7 @@ func TestInProcessDrainResumeNoLeak(t *testing.T) {
 		runs[id] = start(ctx, id)
 	}
 
-	waitFor(t, hangGuard, "agency 1 to store some bets", func() bool {
+	proctest.WaitFor(t, hangGuard, "agency 1 to store some bets", func() bool {
 		held, _, _ := srv.Hub().Status(1)
 		return held > 0
 	})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -24,15 +25,15 @@ import (
 // agency.
 func (c *cluster) checkRecovery(held, logged map[uint32]int, before []byte) map[uint32]int {
 	c.t.Helper()
-	lines := c.server.lines()
-	opens := find(lines, "store_open", "success")
+	lines := c.server.Lines()
+	opens := proctest.Find(lines, "store_open", "success")
 	if len(opens) != 1 {
-		c.t.Fatalf("%s: %d store_open success lines", c.server.name, len(opens))
+		c.t.Fatalf("%s: %d store_open success lines", c.server.Name, len(opens))
 	}
 	committed, bets := opens[0].Int("committed_bytes"), opens[0].Int("bets")
 	betsPath := filepath.Join(c.dataDir, filestore.BetsFile)
 	var moved []logging.Line
-	for _, l := range find(lines, "store_recover", "success", "file", filestore.BetsFile) {
+	for _, l := range proctest.Find(lines, "store_recover", "success", "file", filestore.BetsFile) {
 		if _, ok := l.Fields["moved_bytes"]; ok {
 			moved = append(moved, l)
 		}
@@ -42,22 +43,22 @@ func (c *cluster) checkRecovery(held, logged map[uint32]int, before []byte) map[
 	case size > committed:
 		if len(moved) != 1 || moved[0].Int("moved_bytes") != size-committed {
 			c.t.Errorf("%s: bets.csv had %d bytes, %d kept; want one store_recover line moving %d bytes aside, got %v",
-				c.server.name, size, committed, size-committed, moved)
+				c.server.Name, size, committed, size-committed, moved)
 		} else if aside, err := os.ReadFile(moved[0].Fields["moved_to"]); err != nil || !bytes.Equal(aside, before[committed:]) {
-			c.t.Errorf("%s: %s does not hold the %d bytes cut from bets.csv (%v)", c.server.name, moved[0].Fields["moved_to"],
+			c.t.Errorf("%s: %s does not hold the %d bytes cut from bets.csv (%v)", c.server.Name, moved[0].Fields["moved_to"],
 				size-committed, err)
 		}
 	case size == committed:
 		if len(moved) != 0 {
-			c.t.Errorf("%s: store_recover %v but bets.csv had no torn tail", c.server.name, moved)
+			c.t.Errorf("%s: store_recover %v but bets.csv had no torn tail", c.server.Name, moved)
 		}
 	default:
-		c.t.Fatalf("%s: keeps %d bytes but bets.csv had only %d", c.server.name, committed, size)
+		c.t.Fatalf("%s: keeps %d bytes but bets.csv had only %d", c.server.Name, committed, size)
 	}
 	// The server runs and agencies upload again: only the kept part of
 	// the file can be compared with what the killed run left.
 	if now := readFile(c.t, betsPath); int64(len(now)) < committed || !bytes.Equal(now[:committed], before[:committed]) {
-		c.t.Errorf("%s: recovery changed the %d bytes of bets.csv it keeps", c.server.name, committed)
+		c.t.Errorf("%s: recovery changed the %d bytes of bets.csv it keeps", c.server.Name, committed)
 	}
 	prefix := storedByAgency(c.t, betsPath, committed)
 	now := map[uint32]int{}
@@ -66,19 +67,19 @@ func (c *cluster) checkRecovery(held, logged map[uint32]int, before []byte) map[
 		got, want := prefix[id], c.data.bets[id-1]
 		if len(got) > len(want) || !slices.Equal(got, want[:len(got)]) {
 			c.t.Errorf("%s: recovered bets of agency %d are not the start of its file (first difference at %d)",
-				c.server.name, id, firstDiff(got, want))
+				c.server.Name, id, firstDiff(got, want))
 		}
 		if len(got) < held[id]+logged[id] {
 			c.t.Errorf("%s: agency %d has %d bets after recovery; %d were held and %d more acknowledged: acknowledged bets lost",
-				c.server.name, id, len(got), held[id], logged[id])
+				c.server.Name, id, len(got), held[id], logged[id])
 		}
 		now[id] = len(got)
 		total += len(got)
 	}
 	if int64(total) != bets {
-		c.t.Errorf("%s: store_open says %d bets, bets.csv holds %d", c.server.name, bets, total)
+		c.t.Errorf("%s: store_open says %d bets, bets.csv holds %d", c.server.Name, bets, total)
 	}
-	c.t.Logf("%s: recovered %d bets (%d bytes kept, %d moved aside)", c.server.name, bets, committed, size-committed)
+	c.t.Logf("%s: recovered %d bets (%d bytes kept, %d moved aside)", c.server.Name, bets, committed, size-committed)
 	return now
 }
 
@@ -124,8 +125,8 @@ func TestServerKilledMidUpload(t *testing.T) {
 		} else {
 			pause(r)
 		}
-		c.server.kill(t)
-		logged := storedLogged(c.server.lines())
+		c.server.Kill(t)
+		logged := storedLogged(c.server.Lines())
 		if k == 1 {
 			appendFile(t, betsPath, []byte("3,Torn,Row,3012"))
 			appendFile(t, journalPath, []byte{0, 0, 0, 40, 0xAB})
@@ -137,9 +138,9 @@ func TestServerKilledMidUpload(t *testing.T) {
 			midUpload++
 		}
 		if k == 1 {
-			j := find(c.server.lines(), "store_recover", "success", "file", filestore.JournalFile)
+			j := proctest.Find(c.server.Lines(), "store_recover", "success", "file", filestore.JournalFile)
 			if len(j) != 1 || j[0].Int("torn_bytes") < 5 {
-				t.Errorf("%s: want a store_recover line dropping the torn journal record, got %v", c.server.name, j)
+				t.Errorf("%s: want a store_recover line dropping the torn journal record, got %v", c.server.Name, j)
 			}
 		}
 	}
@@ -149,7 +150,7 @@ func TestServerKilledMidUpload(t *testing.T) {
 	roots := c.finishAgencies()
 	reconnects := 0
 	for id := 1; id <= len(data.bets); id++ {
-		reconnects += len(find(c.agencies[id].lines(), "connect", "in_progress"))
+		reconnects += len(proctest.Find(c.agencies[id].Lines(), "connect", "in_progress"))
 	}
 	if reconnects == 0 {
 		t.Errorf("no agency logged a reconnect; the kills went unnoticed")
@@ -179,7 +180,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 			}
 			r := faultRand(t)
 			c.startServer()
-			if got := find(c.server.lines(), "listen", "success")[0].Fields["mode"]; got != mode {
+			if got := proctest.Find(c.server.Lines(), "listen", "success")[0].Fields["mode"]; got != mode {
 				t.Errorf("server listens in mode %q, want %q", got, mode)
 			}
 			c.dialTo = startCutProxy(t, c.addr, proxyRate).addr()
@@ -191,7 +192,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 				pause(r)
 				var running []int // agencies still uploading
 				for id, p := range c.agencies {
-					if !p.exited() && len(find(p.lines(), "upload", "success")) == 0 {
+					if !p.Exited() && len(proctest.Find(p.Lines(), "upload", "success")) == 0 {
 						running = append(running, id)
 					}
 				}
@@ -200,12 +201,12 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 				}
 				slices.Sort(running)
 				id := running[r.IntN(len(running))]
-				c.agencies[id].kill(t)
-				acked := storedLogged(c.server.lines())[uint32(id)]
+				c.agencies[id].Kill(t)
+				acked := storedLogged(c.server.Lines())[uint32(id)]
 				p := c.startAgency(id)
 				var hello logging.Line
-				waitFor(t, hangGuard, p.name+" to say hello", func() bool {
-					h := find(p.lines(), "hello", "success")
+				proctest.WaitFor(t, hangGuard, p.Name+" to say hello", func() bool {
+					h := proctest.Find(p.Lines(), "hello", "success")
 					if len(h) > 0 {
 						hello = h[0]
 					}
@@ -213,7 +214,7 @@ func TestAgencyKilledMidUpload(t *testing.T) {
 				})
 				got := int(hello.Int("held"))
 				if got < acked || got > len(data.bets[id-1]) {
-					t.Errorf("%s: WELCOME held %d; the server had acknowledged %d of %d bets", p.name, got, acked, len(data.bets[id-1]))
+					t.Errorf("%s: WELCOME held %d; the server had acknowledged %d of %d bets", p.Name, got, acked, len(data.bets[id-1]))
 				}
 				if got > 0 && got < len(data.bets[id-1]) {
 					resumed++
@@ -272,7 +273,7 @@ func TestNetworkCutMidUpload(t *testing.T) {
 			t.Logf("stalled, then resumed")
 		}
 	}
-	if uploaded := len(find(c.server.lines(), "agency_finished", "success")); uploaded == len(data.bets) {
+	if uploaded := len(proctest.Find(c.server.Lines(), "agency_finished", "success")); uploaded == len(data.bets) {
 		t.Errorf("every agency had finished by the last fault; the faults did not land in the upload")
 	}
 	if cut == 0 {
@@ -281,7 +282,7 @@ func TestNetworkCutMidUpload(t *testing.T) {
 	roots := c.finishAgencies()
 	timeouts := 0
 	for id := 1; id <= len(data.bets); id++ {
-		for _, l := range find(c.agencies[id].lines(), "connect", "in_progress") {
+		for _, l := range proctest.Find(c.agencies[id].Lines(), "connect", "in_progress") {
 			if strings.Contains(l.Fields["error"], "timeout") || strings.Contains(l.Fields["error"], "in time") {
 				timeouts++
 			}

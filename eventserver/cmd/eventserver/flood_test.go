@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/proctest"
 )
 
 // floodLimit is the peak resident memory allowed to a server under the
@@ -158,7 +159,7 @@ func TestPingFloodMemory(t *testing.T) {
 			if rest := attack - time.Since(start); rest > 0 {
 				time.Sleep(rest)
 			}
-			hwm := vmHWM(t, c.server.pid())
+			hwm := vmHWM(t, c.server.Pid())
 			flood.end()
 			t.Logf("%s server: peak RSS %.1f MiB after %v of flood (%.1f MiB written by %d connections)",
 				mode, float64(hwm)/(1<<20), time.Since(start).Round(time.Millisecond), float64(flood.sent.Load())/(1<<20), flood.dials.Load())
@@ -168,7 +169,7 @@ func TestPingFloodMemory(t *testing.T) {
 			if flood.sent.Load() < 1<<20 {
 				t.Errorf("the flood wrote only %d bytes: it did not exercise the server", flood.sent.Load())
 			}
-			if cut := find(c.server.lines(), "session_error", "fail", "code", frame.CodeFlood.String()); len(cut) == 0 {
+			if cut := proctest.Find(c.server.Lines(), "session_error", "fail", "code", frame.CodeFlood.String()); len(cut) == 0 {
 				t.Errorf("no flooding peer was cut off with ERROR flood")
 			}
 			c.stopServer()

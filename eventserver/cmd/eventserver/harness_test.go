@@ -2,9 +2,10 @@ package main
 
 // The process-level tests run the real binaries: eventserver, agency,
 // verify, keygen and gendata are built once, on first use, into a temporary
-// directory that TestMain removes. This file holds what those tests share:
-// processes and their log lines, key directories, agency files, a cluster
-// of one restartable server and its agencies, and the end-of-run checks.
+// directory that TestMain removes, and run as internal/proctest processes.
+// This file holds what else those tests share: key directories, agency
+// files, a cluster of one restartable server and its agencies, and the
+// end-of-run checks.
 
 import (
 	"bytes"
@@ -24,7 +25,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +34,7 @@ import (
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/frame"
 	"github.com/tp0/loteria/internal/logging"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 	"github.com/tp0/loteria/secure"
 )
@@ -45,49 +46,25 @@ const hangGuard = 60 * time.Second
 // faultWinning is the winning number of every lottery these tests run.
 const faultWinning = 7574
 
-var procBins struct {
-	once sync.Once
-	dir  string
-	err  error
-}
+// procBins are the commands the process tests run, built on first use.
+var procBins = proctest.NewBinaries(
+	"github.com/tp0/loteria/eventserver/cmd/eventserver",
+	"github.com/tp0/loteria/agency/cmd/agency",
+	"github.com/tp0/loteria/agency/cmd/verify",
+	"github.com/tp0/loteria/agency/cmd/gendata",
+	"github.com/tp0/loteria/secure/cmd/keygen")
 
 // TestMain checks that no test leaves a goroutine behind; gnet's worker
 // pool, started when the package loads, is the only one there before.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreCurrent(), goleak.Cleanup(func(code int) {
-		if procBins.dir != "" {
-			os.RemoveAll(procBins.dir)
-		}
+		procBins.Remove()
 		os.Exit(code)
 	}))
 }
 
 // binaries builds the commands once and returns their directory.
-func binaries(t *testing.T) string {
-	t.Helper()
-	procBins.once.Do(func() {
-		dir, err := os.MkdirTemp("", "loteria-proc-bins-")
-		if err != nil {
-			procBins.err = err
-			return
-		}
-		procBins.dir = dir
-		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-			"github.com/tp0/loteria/eventserver/cmd/eventserver",
-			"github.com/tp0/loteria/agency/cmd/agency",
-			"github.com/tp0/loteria/agency/cmd/verify",
-			"github.com/tp0/loteria/agency/cmd/gendata",
-			"github.com/tp0/loteria/secure/cmd/keygen")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			procBins.err = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if procBins.err != nil {
-		t.Fatal(procBins.err)
-	}
-	return procBins.dir
-}
+func binaries(t *testing.T) string { return procBins.Dir(t) }
 
 func binPath(t *testing.T, name string) string {
 	t.Helper()
@@ -255,115 +232,10 @@ func pickPort(t *testing.T) string {
 
 // ---- processes
 
-// proc is one run of a binary, its stdout and stderr going to a log file.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	code int // exit status once done; -1 when killed by a signal
-	end  time.Time
-}
-
-func startProc(t *testing.T, name, logPath, bin string, args ...string) *proc {
-	t.Helper()
-	out, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		p.code = cmd.ProcessState.ExitCode()
-		p.end = time.Now()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		<-p.done
-	})
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) signal(sig os.Signal) {
-	if !p.exited() {
-		_ = p.cmd.Process.Signal(sig)
-	}
-}
-
-// wait waits for the process to end, failing the test after limit.
-func (p *proc) wait(t *testing.T, limit time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(limit):
-		t.Fatalf("%s still running after %v; log tail:\n%s", p.name, limit, tail(p.log, 15))
-		return 0
-	}
-}
-
-func (p *proc) kill(t *testing.T) {
-	t.Helper()
-	p.signal(syscall.SIGKILL)
-	p.wait(t, 20*time.Second)
-}
-
-func (p *proc) lines() []logging.Line { return readLogLines(p.log) }
-
 // readLogLines is the action lines of a log file written so far.
 func readLogLines(path string) []logging.Line {
 	lines, _ := logging.ReadFile(path) // a half-written last line is skipped, and read on the next call
 	return lines
-}
-
-func find(lines []logging.Line, action, result string, kv ...string) []logging.Line {
-	var out []logging.Line
-	for _, l := range lines {
-		if l.Is(action, result, kv...) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func tail(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "  " + strings.Join(lines, "\n  ")
-}
-
-// waitFor polls until cond holds, failing the test after limit.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // ---- HTTP
@@ -399,10 +271,10 @@ type cluster struct {
 	grace   time.Duration
 	extra   []string // more server flags, for every incarnation
 
-	server   *proc
+	server   *proctest.Proc
 	runs     int // server incarnations so far
 	metrics  string
-	agencies map[int]*proc
+	agencies map[int]*proctest.Proc
 	agRuns   map[int]int
 	poll     map[int]bool // agencies that wait with --wait poll
 }
@@ -418,7 +290,7 @@ func newInsecureCluster(t *testing.T, data *faultData) *cluster {
 	c := &cluster{
 		t: t, bins: binaries(t), data: data, addr: pickPort(t), ioWait: "10s", giveUp: "60s", batch: "5",
 		dataDir: filepath.Join(t.TempDir(), "data"), logs: t.TempDir(), grace: 10 * time.Second,
-		agencies: map[int]*proc{}, agRuns: map[int]int{}, poll: map[int]bool{5: true},
+		agencies: map[int]*proctest.Proc{}, agRuns: map[int]int{}, poll: map[int]bool{5: true},
 	}
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -430,7 +302,7 @@ func newInsecureCluster(t *testing.T, data *faultData) *cluster {
 		}
 		logs, _ := filepath.Glob(filepath.Join(c.logs, "*.log"))
 		for _, path := range logs {
-			t.Logf("%s:\n%s", filepath.Base(path), tail(path, 12))
+			t.Logf("%s:\n%s", filepath.Base(path), proctest.Tail(path, 12))
 		}
 	})
 	return c
@@ -452,26 +324,26 @@ func (c *cluster) serverArgs(more ...string) []string {
 }
 
 // spawnServer starts a server incarnation without waiting for it.
-func (c *cluster) spawnServer(more ...string) *proc {
+func (c *cluster) spawnServer(more ...string) *proctest.Proc {
 	c.t.Helper()
 	c.runs++
 	name := fmt.Sprintf("server-%d", c.runs)
-	p := startProc(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "eventserver"), c.serverArgs(more...)...)
+	p := proctest.Start(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "eventserver"), c.serverArgs(more...)...)
 	c.server = p
 	return p
 }
 
 // startServer starts a server incarnation and waits until it listens.
-func (c *cluster) startServer(more ...string) *proc {
+func (c *cluster) startServer(more ...string) *proctest.Proc {
 	c.t.Helper()
 	p := c.spawnServer(more...)
-	waitFor(c.t, hangGuard, p.name+" to listen", func() bool {
-		if p.exited() {
-			c.t.Fatalf("%s exited with %d:\n%s", p.name, p.code, tail(p.log, 20))
+	proctest.WaitFor(c.t, hangGuard, p.Name+" to listen", func() bool {
+		if p.Exited() {
+			c.t.Fatalf("%s exited with %d:\n%s", p.Name, p.Code(), proctest.Tail(p.Log, 20))
 		}
-		return len(find(p.lines(), "listen", "success")) > 0
+		return len(proctest.Find(p.Lines(), "listen", "success")) > 0
 	})
-	if l := find(p.lines(), "metrics_listen", "success"); len(l) > 0 {
+	if l := proctest.Find(p.Lines(), "metrics_listen", "success"); len(l) > 0 {
 		c.metrics = l[0].Fields["address"]
 	}
 	return p
@@ -500,11 +372,11 @@ func (c *cluster) agencyArgs(id int, more ...string) []string {
 }
 
 // startAgency starts a new process for agency id.
-func (c *cluster) startAgency(id int, more ...string) *proc {
+func (c *cluster) startAgency(id int, more ...string) *proctest.Proc {
 	c.t.Helper()
 	c.agRuns[id]++
 	name := fmt.Sprintf("agency-%d-run-%d", id, c.agRuns[id])
-	p := startProc(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "agency"), c.agencyArgs(id, more...)...)
+	p := proctest.Start(c.t, name, filepath.Join(c.logs, name+".log"), filepath.Join(c.bins, "agency"), c.agencyArgs(id, more...)...)
 	c.agencies[id] = p
 	return p
 }
@@ -522,19 +394,19 @@ func (c *cluster) finishAgencies() map[int]string {
 	roots := map[int]string{}
 	for id := 1; id <= len(c.data.bets); id++ {
 		p := c.agencies[id]
-		if code := p.wait(c.t, 2*hangGuard); code != 0 {
-			c.t.Fatalf("%s exited with %d:\n%s", p.name, code, tail(p.log, 20))
+		if code := p.Wait(c.t, 2*hangGuard); code != 0 {
+			c.t.Fatalf("%s exited with %d:\n%s", p.Name, code, proctest.Tail(p.Log, 20))
 		}
 		want := strconv.Itoa(c.data.winners(id))
-		lines := p.lines()
-		got := find(lines, "consulta_ganadores", "success", "agency", strconv.Itoa(id), "cant_ganadores", want)
+		lines := p.Lines()
+		got := proctest.Find(lines, "consulta_ganadores", "success", "agency", strconv.Itoa(id), "cant_ganadores", want)
 		if len(got) != 1 {
-			c.t.Errorf("%s: no `consulta_ganadores | result: success | cant_ganadores: %s` line:\n%s", p.name, want, tail(p.log, 10))
+			c.t.Errorf("%s: no `consulta_ganadores | result: success | cant_ganadores: %s` line:\n%s", p.Name, want, proctest.Tail(p.Log, 10))
 		} else {
 			roots[id] = got[0].Fields["root"]
 		}
-		if len(find(lines, "exit", "success", "bets", strconv.Itoa(len(c.data.bets[id-1])), "cant_ganadores", want)) != 1 {
-			c.t.Errorf("%s: no `exit | result: success` line with all bets and %s winners", p.name, want)
+		if len(proctest.Find(lines, "exit", "success", "bets", strconv.Itoa(len(c.data.bets[id-1])), "cant_ganadores", want)) != 1 {
+			c.t.Errorf("%s: no `exit | result: success` line with all bets and %s winners", p.Name, want)
 		}
 	}
 	return roots
@@ -543,9 +415,9 @@ func (c *cluster) finishAgencies() map[int]string {
 // stopServer sends SIGTERM and expects a clean exit.
 func (c *cluster) stopServer() {
 	c.t.Helper()
-	c.server.signal(syscall.SIGTERM)
-	if code := c.server.wait(c.t, c.grace+hangGuard); code != 0 {
-		c.t.Fatalf("%s exited with %d after SIGTERM:\n%s", c.server.name, code, tail(c.server.log, 20))
+	c.server.Signal(syscall.SIGTERM)
+	if code := c.server.Wait(c.t, c.grace+hangGuard); code != 0 {
+		c.t.Fatalf("%s exited with %d after SIGTERM:\n%s", c.server.Name, code, proctest.Tail(c.server.Log, 20))
 	}
 }
 
@@ -607,7 +479,7 @@ func (c *cluster) checkEvidence(roots map[int]string) {
 	}
 	draws := 0
 	for run := 1; run <= c.runs; run++ {
-		for _, l := range find(readLogLines(filepath.Join(c.logs, fmt.Sprintf("server-%d.log", run))), "sorteo", "success") {
+		for _, l := range proctest.Find(readLogLines(filepath.Join(c.logs, fmt.Sprintf("server-%d.log", run))), "sorteo", "success") {
 			draws++
 			if l.Fields["root"] != statement.Root {
 				c.t.Errorf("server-%d logged sorteo with root %s; commitment.json says %s", run, l.Fields["root"], statement.Root)
@@ -679,7 +551,7 @@ func firstDiff(a, b []frame.Bet) int {
 // is a lower bound of what it acknowledged.
 func storedLogged(lines []logging.Line) map[uint32]int {
 	out := map[uint32]int{}
-	for _, l := range find(lines, "apuesta_recibida", "success") {
+	for _, l := range proctest.Find(lines, "apuesta_recibida", "success") {
 		id, _ := strconv.Atoi(l.Fields["agency"])
 		out[uint32(id)] += int(l.Int("stored"))
 	}
@@ -723,8 +595,8 @@ func pause(r *mrand.Rand) { time.Sleep(time.Duration(50+r.IntN(351)) * time.Mill
 // uploading waits until the server has stored at least n batches.
 func (c *cluster) uploading(n int) {
 	c.t.Helper()
-	waitFor(c.t, hangGuard, "the upload to start", func() bool {
-		return len(find(c.server.lines(), "apuesta_recibida", "success")) >= n
+	proctest.WaitFor(c.t, hangGuard, "the upload to start", func() bool {
+		return len(proctest.Find(c.server.Lines(), "apuesta_recibida", "success")) >= n
 	})
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -117,7 +118,7 @@ func TestMetricsAfterCourseUpload(t *testing.T) {
 	}
 	var m map[string]*dto.MetricFamily
 	// Connections close a moment after the agencies exit; the rest is fixed by then.
-	waitFor(t, hangGuard, "every connection to leave lottery_connections", func() bool {
+	proctest.WaitFor(t, hangGuard, "every connection to leave lottery_connections", func() bool {
 		m = scrape(t, c.metrics)
 		return metricSum(m, "lottery_connections") == 0
 	})

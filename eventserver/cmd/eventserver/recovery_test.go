@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 )
 
@@ -29,8 +30,8 @@ func TestMissingJournalRefusesThenRebuilds(t *testing.T) {
 	for id := 1; id <= 4; id++ {
 		c.startAgency(id)
 	}
-	waitFor(t, 2*hangGuard, "agencies 1 to 4 to finish their upload", func() bool {
-		return len(find(c.server.lines(), "agency_finished", "success")) == 4
+	proctest.WaitFor(t, 2*hangGuard, "agencies 1 to 4 to finish their upload", func() bool {
+		return len(proctest.Find(c.server.Lines(), "agency_finished", "success")) == 4
 	})
 	c.stopServer()
 
@@ -41,16 +42,16 @@ func TestMissingJournalRefusesThenRebuilds(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused := c.spawnServer()
-	if code := refused.wait(t, hangGuard); code != 1 {
-		t.Errorf("%s started without its journal: exit %d, want 1", refused.name, code)
+	if code := refused.Wait(t, hangGuard); code != 1 {
+		t.Errorf("%s started without its journal: exit %d, want 1", refused.Name, code)
 	}
-	fails := find(refused.lines(), "server_start", "fail")
+	fails := proctest.Find(refused.Lines(), "server_start", "fail")
 	if len(fails) != 1 || !strings.Contains(fails[0].Fields["error"], journalPath) ||
 		!strings.Contains(fails[0].Fields["error"], "--rebuild-journal") {
-		t.Errorf("%s: want one server_start fail line naming %s and --rebuild-journal, got %v", refused.name, journalPath, fails)
+		t.Errorf("%s: want one server_start fail line naming %s and --rebuild-journal, got %v", refused.Name, journalPath, fails)
 	}
-	if len(find(refused.lines(), "listen", "success")) != 0 {
-		t.Errorf("%s listened without its journal", refused.name)
+	if len(proctest.Find(refused.Lines(), "listen", "success")) != 0 {
+		t.Errorf("%s listened without its journal", refused.Name)
 	}
 	if !bytes.Equal(readFile(t, betsPath), before) {
 		t.Errorf("the refused start changed bets.csv")
@@ -60,22 +61,22 @@ func TestMissingJournalRefusesThenRebuilds(t *testing.T) {
 	}
 
 	c.startServer("--rebuild-journal")
-	lines := c.server.lines()
-	rebuilt := find(lines, "store_recover", "success", "file", filestore.JournalFile)
+	lines := c.server.Lines()
+	rebuilt := proctest.Find(lines, "store_recover", "success", "file", filestore.JournalFile)
 	if len(rebuilt) != 1 || !strings.Contains(rebuilt[0].Fields["action_taken"], "rebuilt") {
-		t.Errorf("%s: want a store_recover line saying the journal was rebuilt, got %v", c.server.name, rebuilt)
+		t.Errorf("%s: want a store_recover line saying the journal was rebuilt, got %v", c.server.Name, rebuilt)
 	}
 	rows := int64(bytes.Count(before, []byte("\n")))
-	if opens := find(lines, "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != rows ||
+	if opens := proctest.Find(lines, "store_open", "success"); len(opens) != 1 || opens[0].Int("bets") != rows ||
 		opens[0].Int("agencies_finished") != 0 {
-		t.Errorf("%s: store_open %v; bets.csv held %d rows and the rebuilt journal knows no FINISHED", c.server.name, opens, rows)
+		t.Errorf("%s: store_open %v; bets.csv held %d rows and the rebuilt journal knows no FINISHED", c.server.Name, opens, rows)
 	}
 	c.startAgency(5)
 	roots := c.finishAgencies()
 	c.stopServer() // its log is complete once it has exited
 	for id := 1; id <= 5; id++ {
-		if len(find(c.server.lines(), "agency_finished", "success", "agency", strconv.Itoa(id))) != 1 {
-			t.Errorf("%s: agency %d did not send FINISHED again after the rebuild", c.server.name, id)
+		if len(proctest.Find(c.server.Lines(), "agency_finished", "success", "agency", strconv.Itoa(id))) != 1 {
+			t.Errorf("%s: agency %d did not send FINISHED again after the rebuild", c.server.Name, id)
 		}
 	}
 	c.checkStore()

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/secure"
 )
 
@@ -30,14 +31,14 @@ func TestKeyRotationOnSighup(t *testing.T) {
 	if f, err := helloWith(c.addr, oldKey, serverPub, 2); err != nil || f.Type() != frame.TypeWelcome {
 		t.Fatalf("agency 2 before the rotation: %v, %v", f, err)
 	}
-	reloads := func(result string) int { return len(find(c.server.lines(), "keys_reload", result)) }
+	reloads := func(result string) int { return len(proctest.Find(c.server.Lines(), "keys_reload", result)) }
 
 	// A damaged key file: the reload fails and the keys loaded before stay.
 	good := readFile(t, pubPath(c.keys, 1))
 	replaceFile(t, pubPath(c.keys, 1), []byte("not a key\n"))
-	c.server.signal(syscall.SIGHUP)
-	waitFor(t, hangGuard, "keys_reload | result: fail", func() bool { return reloads("fail") == 1 })
-	if l := find(c.server.lines(), "keys_reload", "fail")[0]; !strings.Contains(l.Fields["error"], pubPath(c.keys, 1)) {
+	c.server.Signal(syscall.SIGHUP)
+	proctest.WaitFor(t, hangGuard, "keys_reload | result: fail", func() bool { return reloads("fail") == 1 })
+	if l := proctest.Find(c.server.Lines(), "keys_reload", "fail")[0]; !strings.Contains(l.Fields["error"], pubPath(c.keys, 1)) {
 		t.Errorf("the failed reload does not name the bad file: %v", l)
 	}
 	if f, err := helloWith(c.addr, loadKey(t, keyPath(c.keys, 1)), serverPub, 1); err != nil || f.Type() != frame.TypeWelcome {
@@ -52,23 +53,23 @@ func TestKeyRotationOnSighup(t *testing.T) {
 	copyFile(t, keyPath(c.keys, 2), oldKeyFile)
 	replaceFile(t, pubPath(c.keys, 2), readFile(t, pubPath(fresh, 2)))
 	replaceFile(t, keyPath(c.keys, 2), readFile(t, keyPath(fresh, 2)))
-	c.server.signal(syscall.SIGHUP)
-	waitFor(t, hangGuard, "keys_reload | result: success", func() bool { return reloads("success") == 1 })
+	c.server.Signal(syscall.SIGHUP)
+	proctest.WaitFor(t, hangGuard, "keys_reload | result: success", func() bool { return reloads("success") == 1 })
 
 	_, err := helloWith(c.addr, oldKey, serverPub, 2)
 	var refused *secure.RefusedError
 	if !errors.As(err, &refused) || refused.Code != frame.CodeUnknownKey {
 		t.Errorf("agency 2's old key after the rotation: %v, want ERROR unknown_key", err)
 	}
-	old := startProc(t, "agency-2-old-key", filepath.Join(c.logs, "agency-2-old-key.log"), filepath.Join(c.bins, "agency"),
+	old := proctest.Start(t, "agency-2-old-key", filepath.Join(c.logs, "agency-2-old-key.log"), filepath.Join(c.bins, "agency"),
 		c.agencyArgs(2, "--key", oldKeyFile)...)
-	if code := old.wait(t, hangGuard); code != 1 {
+	if code := old.Wait(t, hangGuard); code != 1 {
 		t.Errorf("agency 2 with its old key exited %d, want 1", code)
 	}
-	if e := find(old.lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], frame.CodeUnknownKey.String()) {
+	if e := proctest.Find(old.Lines(), "exit", "fail"); len(e) != 1 || !strings.Contains(e[0].Fields["error"], frame.CodeUnknownKey.String()) {
 		t.Errorf("agency 2 with its old key: exit lines %v, want one naming %s", e, frame.CodeUnknownKey)
 	}
-	if held := find(c.server.lines(), "apuesta_recibida", "success", "agency", "2"); len(held) != 0 {
+	if held := proctest.Find(c.server.Lines(), "apuesta_recibida", "success", "agency", "2"); len(held) != 0 {
 		t.Errorf("the old key stored bets: %v", held)
 	}
 

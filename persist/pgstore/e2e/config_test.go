@@ -11,6 +11,7 @@ import (
 
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/internal/config"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/pgstore/pgtest"
 )
 
@@ -77,18 +78,18 @@ func TestUnstorableBetIsRejected(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("Ana,Pérez,30111222,1990-05-01,1\nLuis,Gó\x00mez,30111223,1991-06-02,2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startProc(t, "agency-nul", filepath.Join(d.logs, "agency-nul.log"), filepath.Join(d.bin, "agency"),
+	p := proctest.Start(t, "agency-nul", filepath.Join(d.logs, "agency-nul.log"), filepath.Join(d.bin, "agency"),
 		"--id", "1", "--server", f.addr, "--bets", bad, "--batch-max-amount", "1",
 		"--key", filepath.Join(l.keys, "agency-1.key"), "--server-pub", filepath.Join(l.keys, "server.pub"),
 		"--receipt", filepath.Join(d.logs, "nul.receipt.json"), "--retry-base", "20ms", "--give-up", "20s")
-	if code := p.wait(t, 30*time.Second); code != 1 {
-		t.Fatalf("agency with a NUL byte exited %d, want 1:\n%s", code, tail(p.log, 10))
+	if code := p.Wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("agency with a NUL byte exited %d, want 1:\n%s", code, proctest.Tail(p.Log, 10))
 	}
-	if data, _ := os.ReadFile(p.log); !bytes.Contains(data, []byte("invalid_bet")) {
-		t.Fatalf("the agency does not say its bet was refused as invalid_bet:\n%s", tail(p.log, 10))
+	if data, _ := os.ReadFile(p.Log); !bytes.Contains(data, []byte("invalid_bet")) {
+		t.Fatalf("the agency does not say its bet was refused as invalid_bet:\n%s", proctest.Tail(p.Log, 10))
 	}
-	if f.p.exited() || len(find(f.p.lines(), "store", "fail")) > 0 {
-		t.Fatalf("the server's store broke on the refused bet:\n%s", tail(f.p.log, 10))
+	if f.p.Exited() || len(proctest.Find(f.p.Lines(), "store", "fail")) > 0 {
+		t.Fatalf("the server's store broke on the refused bet:\n%s", proctest.Tail(f.p.Log, 10))
 	}
 	// The agency's first bet is stored, the refused one is not.
 	if n := heldIn(t, url); n != 1 {

@@ -21,15 +21,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tp0/loteria/agency"
+	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/persist/filestore"
 	"github.com/tp0/loteria/persist/pgstore/pgtest"
 )
 
 func TestMain(m *testing.M) {
 	code := pgtest.Main(m)
-	if bins.dir != "" {
-		os.RemoveAll(bins.dir)
-	}
+	bins.Remove()
 	if shared.root != "" {
 		os.RemoveAll(shared.root)
 	}
@@ -126,7 +125,7 @@ func (l *lottery) file(id int) string { return filepath.Join(l.dir, fmt.Sprintf(
 type front struct {
 	name, addr, store, dataDir string
 	runs                       int
-	p                          *proc
+	p                          *proctest.Proc
 }
 
 // deployment is the servers and agencies of one test.
@@ -136,7 +135,7 @@ type deployment struct {
 	l      *lottery
 	logs   string
 	fronts []*front
-	ag     [agencies]*proc
+	ag     [agencies]*proctest.Proc
 }
 
 func newDeployment(t *testing.T, l *lottery) *deployment {
@@ -153,7 +152,7 @@ func newDeployment(t *testing.T, l *lottery) *deployment {
 		}
 		logs, _ := filepath.Glob(filepath.Join(d.logs, "*.log"))
 		for _, path := range logs {
-			t.Logf("%s:\n%s", filepath.Base(path), tail(path, 15))
+			t.Logf("%s:\n%s", filepath.Base(path), proctest.Tail(path, 15))
 		}
 	})
 	return d
@@ -182,12 +181,12 @@ func (d *deployment) start(f *front) {
 	} else {
 		args = append(args, "--data-dir", f.dataDir)
 	}
-	f.p = startProc(d.t, name, filepath.Join(d.logs, name+".log"), filepath.Join(d.bin, "eventserver"), args...)
-	waitFor(d.t, 30*time.Second, name+" to listen", func() bool {
-		if f.p.exited() {
-			d.t.Fatalf("%s exited with %d:\n%s", name, f.p.code, tail(f.p.log, 20))
+	f.p = proctest.Start(d.t, name, filepath.Join(d.logs, name+".log"), filepath.Join(d.bin, "eventserver"), args...)
+	proctest.WaitFor(d.t, 30*time.Second, name+" to listen", func() bool {
+		if f.p.Exited() {
+			d.t.Fatalf("%s exited with %d:\n%s", name, f.p.Code(), proctest.Tail(f.p.Log, 20))
 		}
-		return len(find(f.p.lines(), "listen", "success")) > 0
+		return len(proctest.Find(f.p.Lines(), "listen", "success")) > 0
 	})
 }
 
@@ -199,7 +198,7 @@ func (d *deployment) startAgency(id int, servers ...*front) {
 		addrs[i] = f.addr
 	}
 	name := fmt.Sprintf("agency-%d", id)
-	d.ag[id-1] = startProc(d.t, name, filepath.Join(d.logs, name+".log"), filepath.Join(d.bin, "agency"),
+	d.ag[id-1] = proctest.Start(d.t, name, filepath.Join(d.logs, name+".log"), filepath.Join(d.bin, "agency"),
 		"--id", itoa(id), "--server", strings.Join(addrs, ","), "--bets", d.l.file(id),
 		"--key", filepath.Join(d.l.keys, fmt.Sprintf("agency-%d.key", id)), "--server-pub", filepath.Join(d.l.keys, "server.pub"),
 		"--receipt", filepath.Join(d.logs, name+".receipt.json"),
@@ -214,37 +213,37 @@ func (d *deployment) finish(supervise func()) string {
 	for id := 1; id <= agencies; id++ {
 		p := d.ag[id-1]
 		deadline := time.Now().Add(90 * time.Second)
-		for !p.exited() {
+		for !p.Exited() {
 			if time.Now().After(deadline) {
-				d.t.Fatalf("%s still running after 90s:\n%s", p.name, tail(p.log, 20))
+				d.t.Fatalf("%s still running after 90s:\n%s", p.Name, proctest.Tail(p.Log, 20))
 			}
 			if supervise != nil {
 				supervise()
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if p.code != 0 {
-			d.t.Fatalf("%s exited with %d:\n%s", p.name, p.code, tail(p.log, 20))
+		if p.Code() != 0 {
+			d.t.Fatalf("%s exited with %d:\n%s", p.Name, p.Code(), proctest.Tail(p.Log, 20))
 		}
-		lines := p.lines()
-		got := find(lines, "consulta_ganadores", "success", "agency", itoa(id))
+		lines := p.Lines()
+		got := proctest.Find(lines, "consulta_ganadores", "success", "agency", itoa(id))
 		if len(got) != 1 {
-			d.t.Fatalf("%s: %d consulta_ganadores success lines, want 1:\n%s", p.name, len(got), tail(p.log, 10))
+			d.t.Fatalf("%s: %d consulta_ganadores success lines, want 1:\n%s", p.Name, len(got), proctest.Tail(p.Log, 10))
 		}
 		want := d.l.winners[id-1]
 		if got[0].Fields["cant_ganadores"] != itoa(len(want)) || got[0].Fields["dni"] != strings.Join(want, ",") {
-			d.t.Errorf("%s got winners %q (%s), want %q", p.name, got[0].Fields["dni"], got[0].Fields["cant_ganadores"], strings.Join(want, ","))
+			d.t.Errorf("%s got winners %q (%s), want %q", p.Name, got[0].Fields["dni"], got[0].Fields["cant_ganadores"], strings.Join(want, ","))
 		}
-		if len(find(lines, "exit", "success", "bets", itoa(d.l.bets[id-1]))) != 1 {
-			d.t.Errorf("%s: no `exit | result: success | bets: %d` line", p.name, d.l.bets[id-1])
+		if len(proctest.Find(lines, "exit", "success", "bets", itoa(d.l.bets[id-1]))) != 1 {
+			d.t.Errorf("%s: no `exit | result: success | bets: %d` line", p.Name, d.l.bets[id-1])
 		}
 		switch r := got[0].Fields["root"]; {
 		case r == "":
-			d.t.Errorf("%s: no commitment root logged", p.name)
+			d.t.Errorf("%s: no commitment root logged", p.Name)
 		case root == "":
 			root = r
 		case r != root:
-			d.t.Errorf("%s got root %s, agency 1 got %s: the servers published different draws", p.name, r, root)
+			d.t.Errorf("%s got root %s, agency 1 got %s: the servers published different draws", p.Name, r, root)
 		}
 	}
 	return root
@@ -255,11 +254,11 @@ func (d *deployment) finish(supervise func()) string {
 func (d *deployment) sameDraw(root string) {
 	d.t.Helper()
 	for _, f := range d.fronts {
-		waitFor(d.t, 10*time.Second, f.p.name+" to publish the draw with root "+root, func() bool {
-			return len(find(f.p.lines(), "sorteo", "success", "root", root)) == 1
+		proctest.WaitFor(d.t, 10*time.Second, f.p.Name+" to publish the draw with root "+root, func() bool {
+			return len(proctest.Find(f.p.Lines(), "sorteo", "success", "root", root)) == 1
 		})
-		if n := len(find(f.p.lines(), "sorteo", "success")); n != 1 {
-			d.t.Errorf("%s logged %d sorteo success lines, want 1", f.p.name, n)
+		if n := len(proctest.Find(f.p.Lines(), "sorteo", "success")); n != 1 {
+			d.t.Errorf("%s logged %d sorteo success lines, want 1", f.p.Name, n)
 		}
 	}
 }
@@ -268,12 +267,12 @@ func (d *deployment) sameDraw(root string) {
 func (d *deployment) stopFronts() {
 	d.t.Helper()
 	for _, f := range d.fronts {
-		if f.p.exited() {
+		if f.p.Exited() {
 			continue
 		}
-		f.p.signal(syscall.SIGTERM)
-		if code := f.p.wait(d.t, 30*time.Second); code != 0 {
-			d.t.Errorf("%s exited with %d after SIGTERM:\n%s", f.p.name, code, tail(f.p.log, 15))
+		f.p.Signal(syscall.SIGTERM)
+		if code := f.p.Wait(d.t, 30*time.Second); code != 0 {
+			d.t.Errorf("%s exited with %d after SIGTERM:\n%s", f.p.Name, code, proctest.Tail(f.p.Log, 15))
 		}
 	}
 }
@@ -287,8 +286,8 @@ func fileStoreRun(t *testing.T, l *lottery) []byte {
 	d.start(f)
 	for id := 1; id <= agencies; id++ {
 		d.startAgency(id, f)
-		waitFor(t, 60*time.Second, fmt.Sprintf("agency %d to finish on the file store", id), func() bool {
-			return len(find(f.p.lines(), "agency_finished", "success", "agency", itoa(id))) > 0
+		proctest.WaitFor(t, 60*time.Second, fmt.Sprintf("agency %d to finish on the file store", id), func() bool {
+			return len(proctest.Find(f.p.Lines(), "agency_finished", "success", "agency", itoa(id))) > 0
 		})
 	}
 	d.finish(nil)
@@ -322,7 +321,7 @@ func heldIn(t *testing.T, url string) int {
 func waitMidUpload(t *testing.T, url string, total int) int {
 	t.Helper()
 	var held int
-	waitFor(t, 60*time.Second, "a quarter of the bets to be stored", func() bool {
+	proctest.WaitFor(t, 60*time.Second, "a quarter of the bets to be stored", func() bool {
 		held = heldIn(t, url)
 		return held >= total/4
 	})
@@ -371,9 +370,9 @@ func TestFrontEndKilledMidUpload(t *testing.T) {
 		}
 	}
 	held := waitMidUpload(t, url, l.total)
-	a.p.signal(syscall.SIGKILL)
-	a.p.wait(t, 10*time.Second)
-	t.Logf("killed %s with %d of %d bets stored", a.p.name, held, l.total)
+	a.p.Signal(syscall.SIGKILL)
+	a.p.Wait(t, 10*time.Second)
+	t.Logf("killed %s with %d of %d bets stored", a.p.Name, held, l.total)
 	time.Sleep(300 * time.Millisecond)
 	d.start(a)
 	start := time.Now()
@@ -382,7 +381,7 @@ func TestFrontEndKilledMidUpload(t *testing.T) {
 	d.sameDraw(root)
 	// The agencies that started on the killed server went on through the other one.
 	for id := 1; id <= agencies; id += 2 {
-		if len(find(d.ag[id-1].lines(), "connect", "in_progress", "next", b.addr)) == 0 {
+		if len(proctest.Find(d.ag[id-1].Lines(), "connect", "in_progress", "next", b.addr)) == 0 {
 			t.Errorf("agency %d never moved to %s after %s was killed", id, b.addr, a.name)
 		}
 	}
@@ -421,7 +420,7 @@ func TestDatabaseCrashMidUpload(t *testing.T) {
 	restarts := 0
 	root := d.finish(func() {
 		for _, f := range d.fronts {
-			if f.p.exited() {
+			if f.p.Exited() {
 				restarts++
 				d.start(f)
 			}
@@ -431,7 +430,7 @@ func TestDatabaseCrashMidUpload(t *testing.T) {
 	d.sameDraw(root)
 	storage := 0
 	for _, p := range d.ag {
-		for _, l := range find(p.lines(), "connect", "in_progress") {
+		for _, l := range proctest.Find(p.Lines(), "connect", "in_progress") {
 			if strings.Contains(l.Fields["error"], "(storage)") {
 				storage++
 			}
