@@ -532,7 +532,6 @@ func (c *client) align(w *frame.Welcome) error {
 	return nil
 }
 
-// batch is one BETS frame ready to send, and the batcher after it.
 // batchBuffers are an ACKed batch's slices, handed back to the producer so
 // an upload does not allocate a batch's worth of memory per batch.
 type batchBuffers struct {
@@ -540,6 +539,7 @@ type batchBuffers struct {
 	wire []byte
 }
 
+// batch is one BETS frame ready to send, and the batcher after it.
 type batch struct {
 	first uint64
 	bets  []frame.Bet
