@@ -1,7 +1,6 @@
 package secure
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -31,7 +30,7 @@ func (e *RefusedError) Error() string {
 // reader.
 type ClientConn struct {
 	conn net.Conn
-	r    *bufio.Reader
+	r    *recordReader
 
 	recv *cipherState
 	buf  []byte // decrypted frames; buf[off:] not yet discarded
@@ -123,7 +122,7 @@ func (id *Identity) client(conn net.Conn, server PublicKey, timeout time.Duratio
 		return nil, fmt.Errorf("secure: send handshake: %w", err)
 	}
 
-	r := bufio.NewReaderSize(conn, MaxRecordSize)
+	r := &recordReader{r: conn}
 	b, err := r.Peek(1)
 	if err != nil {
 		return nil, fmt.Errorf("secure: read handshake answer: %w", err)
@@ -164,7 +163,7 @@ func (id *Identity) client(conn net.Conn, server PublicKey, timeout time.Duratio
 }
 
 // refusal reads the plaintext frame a server answered message 1 with.
-func refusal(r *bufio.Reader) error {
+func refusal(r *recordReader) error {
 	var dec frame.Decoder
 	f, err := dec.Next(r)
 	if err != nil {
@@ -309,10 +308,7 @@ func (c *ClientConn) readRecord() error {
 	if c.off > 0 {
 		c.buf, c.off = c.buf[:copy(c.buf, c.buf[c.off:])], 0
 	}
-	if c.buf == nil {
-		c.buf = make([]byte, 0, frame.MaxSize)
-	}
-	out, err := c.recv.open(c.buf, b[HeaderSize:])
+	out, err := c.recv.open(c.buf, b[HeaderSize:]) // grows buf to the largest frame received
 	if err != nil {
 		c.rerr = err
 		return err
@@ -345,3 +341,59 @@ var (
 	_ frame.Source = (*ServerConn)(nil)
 	_ io.Writer    = (*ClientConn)(nil)
 )
+
+// recordReader buffers what the server sent for a ClientConn, like a
+// bufio.Reader whose buffer starts small and grows only to the largest
+// record that arrives: most of what an agency reads is short (WELCOME, ACKs,
+// a few WINNERS), and ten thousand connections need not hold 8 KiB each.
+type recordReader struct {
+	r   io.Reader
+	buf []byte // buf[off:] is unread
+	off int
+}
+
+// recordReaderStart is the buffer a recordReader starts with.
+const recordReaderStart = 512
+
+// Peek returns the next n bytes, reading as needed; with fewer it returns
+// what it has and the read error. n may not exceed MaxRecordSize.
+func (rr *recordReader) Peek(n int) ([]byte, error) {
+	if n > MaxRecordSize {
+		return nil, fmt.Errorf("%w: peek of %d bytes, more than a record", ErrRecord, n)
+	}
+	for empty := 0; len(rr.buf)-rr.off < n; {
+		if rr.off > 0 {
+			rr.buf, rr.off = rr.buf[:copy(rr.buf, rr.buf[rr.off:])], 0
+		}
+		if cap(rr.buf) < n || cap(rr.buf) == len(rr.buf) {
+			grown := make([]byte, len(rr.buf), min(max(n, 2*cap(rr.buf), recordReaderStart), MaxRecordSize))
+			copy(grown, rr.buf)
+			rr.buf = grown
+		}
+		m, err := rr.r.Read(rr.buf[len(rr.buf):cap(rr.buf)])
+		rr.buf = rr.buf[:len(rr.buf)+m]
+		if empty = empty + 1; m > 0 {
+			empty = 0
+		}
+		if err == nil && empty >= 100 {
+			err = io.ErrNoProgress
+		}
+		if err != nil && len(rr.buf) < n {
+			return rr.buf, err
+		}
+	}
+	return rr.buf[rr.off : rr.off+n], nil
+}
+
+// Discard drops the next n bytes, which a Peek returned.
+func (rr *recordReader) Discard(n int) (int, error) {
+	if held := len(rr.buf) - rr.off; n > held {
+		rr.off = len(rr.buf)
+		return held, io.ErrShortBuffer
+	}
+	rr.off += n
+	if rr.off == len(rr.buf) {
+		rr.buf, rr.off = rr.buf[:0], 0
+	}
+	return n, nil
+}

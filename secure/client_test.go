@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -425,5 +426,56 @@ func TestIdentityKeepsOnlyTheServerDH(t *testing.T) {
 	}
 	if len(kept) != 1 || !bytes.Equal(kept[fx.server.Public()], want) {
 		t.Errorf("identity keeps %d DHs %x, want only the server key's %x", len(kept), kept, want)
+	}
+}
+
+// trickle hands out what it holds a few bytes at a time, as a slow network
+// would, then io.EOF.
+type trickle struct {
+	data []byte
+	step int
+}
+
+func (t *trickle) Read(p []byte) (int, error) {
+	if len(t.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, t.data[:min(len(t.data), t.step)])
+	t.data = t.data[n:]
+	return n, nil
+}
+
+// A recordReader hands back exactly what arrived, record by record, in
+// pieces of any size; its buffer starts small and grows only as far as the
+// largest record, never past MaxRecordSize.
+func TestRecordReaderGrowsToTheLargestRecord(t *testing.T) {
+	sizes := []int{3, 40, 2, MaxRecordSize, 100, MaxRecordSize - 1, 17}
+	var stream []byte
+	for i, n := range sizes {
+		stream = append(stream, bytes.Repeat([]byte{byte(i + 1)}, n)...)
+	}
+	for _, step := range []int{1, 7, 500, 1 << 20} {
+		rr := &recordReader{r: &trickle{data: slices.Clone(stream), step: step}}
+		for i, n := range sizes {
+			b, err := rr.Peek(n)
+			if err != nil || len(b) != n || !bytes.Equal(b, bytes.Repeat([]byte{byte(i + 1)}, n)) {
+				t.Fatalf("step %d, record %d: Peek(%d) = %d bytes, %v", step, i, n, len(b), err)
+			}
+			if i == 0 && cap(rr.buf) != recordReaderStart && step < recordReaderStart {
+				t.Errorf("step %d: buffer of %d bytes for a %d-byte record, want %d", step, cap(rr.buf), n, recordReaderStart)
+			}
+			if cap(rr.buf) > MaxRecordSize {
+				t.Fatalf("step %d: buffer grew to %d bytes, past a record", step, cap(rr.buf))
+			}
+			if _, err := rr.Discard(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if b, err := rr.Peek(1); err != io.EOF || len(b) != 0 {
+			t.Errorf("step %d: after the last record Peek gave %d bytes, %v; want io.EOF", step, len(b), err)
+		}
+	}
+	if _, err := (&recordReader{r: &trickle{data: []byte{1}}}).Peek(MaxRecordSize + 1); !errors.Is(err, ErrRecord) {
+		t.Errorf("a peek past a record: %v, want ErrRecord", err)
 	}
 }
