@@ -3,6 +3,7 @@ package secure
 import (
 	"bytes"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/tp0/loteria/frame"
@@ -174,6 +175,69 @@ func FuzzRoundTrip(f *testing.F) {
 			if !bytes.Equal(mustEncode(t, got[i]), sent[i]) {
 				t.Fatalf("frame %d differs", i)
 			}
+		}
+	})
+}
+
+// chunked hands out its bytes in pieces whose sizes cycle through sizes
+// (each byte plus one), as a network would, then io.EOF.
+type chunked struct {
+	data, sizes []byte
+	i           int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(c.data)
+	if len(c.sizes) > 0 {
+		n = min(n, int(c.sizes[c.i%len(c.sizes)])+1)
+		c.i++
+	}
+	n = copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// FuzzClientConn gives an agency's ClientConn, after a real handshake,
+// whatever a hostile server or the network might send, in arbitrary pieces:
+// it must never panic, never hand out more than one record's worth of
+// buffer, and frames must come out only from records the server sealed.
+func FuzzClientConn(f *testing.F) {
+	fx := newFixture(f, 1)
+	good := newSession(f, fx, 1, nil)
+	var sealed []byte
+	for _, fr := range [][]byte{mustEncode(f, &frame.Ping{Payload: []byte("abc")}),
+		mustEncode(f, &frame.Winners{Last: true, Documents: []string{"30904465"}})} {
+		rec, err := good.server.Seal(nil, fr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		sealed = append(sealed, rec...)
+	}
+	f.Add(sealed, []byte{})
+	f.Add(sealed, []byte{0, 2, 200})
+	flipped := bytes.Clone(sealed)
+	flipped[HeaderSize+3] ^= 1
+	f.Add(flipped, []byte{7})
+	f.Add([]byte{KindTransport, 0xFF, 0xFF, 1, 2, 3}, []byte{})
+	f.Add([]byte{KindTransport, 0, 0}, []byte{1})
+	f.Add(sealed[:len(sealed)-5], []byte{3})
+	f.Fuzz(func(t *testing.T, stream, sizes []byte) {
+		s := newSession(t, fx, 1, nil)
+		s.client.r.r = &chunked{data: stream, sizes: sizes}
+		out, err := drain(s.client)
+		if err == nil {
+			t.Fatal("the stream ended without an error")
+		}
+		if cap(s.client.r.buf) > MaxRecordSize {
+			t.Fatalf("read buffer grew to %d bytes", cap(s.client.r.buf))
+		}
+		// This session's server sealed nothing: any frame out of it would
+		// have to come from a forged record.
+		if len(out) > 0 {
+			t.Fatalf("%d frames decoded from records this session's server never sealed", len(out))
 		}
 	})
 }
