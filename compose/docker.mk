@@ -132,7 +132,7 @@ docker-compose-rotate-key: docker-compose-check docker-compose-file build ## new
 		[ -f $$f ] || { echo "error: $$f does not exist; make docker-compose-up writes the keys" >&2; exit 1; }; \
 	done
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-		$(BIN)/keygen --dir "$$tmp" --agencies $(AGENCY) >/dev/null && \
+		$(BIN)/keygen --dir "$$tmp" --only $(AGENCY) >/dev/null && \
 		cp "$$tmp/agency-$(AGENCY).key" $(KEYS_DIR)/agency-$(AGENCY).key && \
 		cp "$$tmp/agency-$(AGENCY).pub" $(KEYS_DIR)/agency-$(AGENCY).pub
 	$(COMPOSE_CMD) kill -s SIGHUP server

@@ -7,7 +7,9 @@
 // adds only the new agencies. A private key whose public file is missing
 // gets it derived; a public file without its private key (as on a server,
 // once the agencies' private keys went to their owners) is left alone.
-// Private key files are mode 0600, public ones 0644.
+// Private key files are mode 0600, public ones 0644. With --only I it
+// writes agency I's pair alone: on the agency's own machine, or to rotate
+// that agency's key in a scratch folder.
 //
 // Bad flags exit with status 2, I/O failures with status 1.
 package main
@@ -38,7 +40,7 @@ const maxAgencies = 1 << 20
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	dir, agencies, err := parse(args, stderr)
+	dir, agencies, only, err := parse(args, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
 	}
@@ -54,34 +56,45 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer func() { _ = log.Sync() }()
 
 	g := &generator{dir: dir, log: log}
-	if err := g.all(agencies); err != nil {
-		log.Error("keygen", logging.Fail, zap.String("dir", dir), zap.Int("agencies", agencies),
+	scope := zap.Int("agencies", agencies)
+	if only > 0 {
+		err, scope = g.only(uint32(only)), zap.Int("only", only)
+	} else {
+		err = g.all(agencies)
+	}
+	if err != nil {
+		log.Error("keygen", logging.Fail, zap.String("dir", dir), scope,
 			zap.Int("written", g.written), zap.Int("kept", g.kept), zap.Error(err))
 		return 1
 	}
-	log.Info("keygen", logging.Success, zap.String("dir", dir), zap.Int("agencies", agencies),
+	log.Info("keygen", logging.Success, zap.String("dir", dir), scope,
 		zap.Int("written", g.written), zap.Int("kept", g.kept))
 	return 0
 }
 
 // parse reads the flags.
-func parse(args []string, stderr io.Writer) (dir string, agencies int, err error) {
+func parse(args []string, stderr io.Writer) (dir string, agencies, only int, err error) {
 	flags := pflag.NewFlagSet("keygen", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.StringVar(&dir, "dir", ".keys", "directory for the key files (created, mode 0700, if missing)")
 	flags.IntVar(&agencies, "agencies", 5, "write key pairs for agencies 1 to N (0: only the server's)")
+	flags.IntVar(&only, "only", 0, "write agency I's key pair alone, nothing of the server's or other agencies' (instead of --agencies)")
 	if err := flags.Parse(args); err != nil {
-		return "", 0, err
+		return "", 0, 0, err
 	}
 	switch {
 	case flags.NArg() > 0:
-		return "", 0, fmt.Errorf("unexpected argument %q (all settings are flags)", flags.Arg(0))
+		return "", 0, 0, fmt.Errorf("unexpected argument %q (all settings are flags)", flags.Arg(0))
 	case dir == "":
-		return "", 0, errors.New("invalid --dir: empty")
+		return "", 0, 0, errors.New("invalid --dir: empty")
 	case agencies < 0 || agencies > maxAgencies:
-		return "", 0, fmt.Errorf("invalid --agencies %d: want 0 to %d", agencies, maxAgencies)
+		return "", 0, 0, fmt.Errorf("invalid --agencies %d: want 0 to %d", agencies, maxAgencies)
+	case flags.Changed("only") && (only < 1 || only > maxAgencies):
+		return "", 0, 0, fmt.Errorf("invalid --only %d: want an agency from 1 to %d", only, maxAgencies)
+	case flags.Changed("only") && flags.Changed("agencies"):
+		return "", 0, 0, errors.New("--only and --agencies exclude each other: --only I writes agency I's pair alone")
 	}
-	return dir, agencies, nil
+	return dir, agencies, only, nil
 }
 
 // generator writes the missing key files of one directory and counts them.
@@ -104,13 +117,23 @@ func (g *generator) all(n int) error {
 		return err
 	}
 	for i := 1; i <= n; i++ {
-		id := uint32(i)
-		owner := "agency " + strconv.Itoa(i)
-		if err := g.ensure(owner, secure.AgencyKeyFile(id), secure.AgencyPubFile(id), &noiseKey{}); err != nil {
+		if err := g.agency(uint32(i)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// only ensures agency id's key pair alone.
+func (g *generator) only(id uint32) error {
+	if err := os.MkdirAll(g.dir, 0o700); err != nil {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	return g.agency(id)
+}
+
+func (g *generator) agency(id uint32) error {
+	return g.ensure("agency "+strconv.FormatUint(uint64(id), 10), secure.AgencyKeyFile(id), secure.AgencyPubFile(id), &noiseKey{})
 }
 
 // keyPair is one kind of key pair as keygen handles it.

@@ -267,3 +267,47 @@ func TestKeygenBadFlags(t *testing.T) {
 		t.Errorf("--help: exit %d", code)
 	}
 }
+
+// --only I writes agency I's pair and nothing else, never overwriting it,
+// and refuses to be combined with --agencies.
+func TestKeygenOnlyOneAgency(t *testing.T) {
+	dir := t.TempDir()
+	code, stdout, stderr := keygen(t, "--dir", dir, "--only", "7")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	files := snapshot(t, dir)
+	if len(files) != 2 || files["agency-7.key"] == "" || files["agency-7.pub"] == "" {
+		t.Fatalf("--only 7 wrote %d files: %v", len(files), keysOf(files))
+	}
+	priv, err := secure.LoadPrivateKey(filepath.Join(dir, "agency-7.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := secure.LoadPublicKey(filepath.Join(dir, "agency-7.pub"))
+	if err != nil || priv.Public() != pub {
+		t.Fatalf("agency-7.pub is not agency-7.key's public half (%v)", err)
+	}
+	if info, _ := os.Stat(filepath.Join(dir, "agency-7.key")); info.Mode().Perm() != 0o600 {
+		t.Errorf("agency-7.key mode %v, want 0600", info.Mode().Perm())
+	}
+	if lines := logLines(t, stdout); len(lines) != 3 || !strings.HasSuffix(lines[2], "| only: 7 | written: 2 | kept: 0") {
+		t.Errorf("log %q", lines)
+	}
+	if code, _, _ := keygen(t, "--dir", dir, "--only", "7"); code != 0 || snapshot(t, dir)["agency-7.key"] != files["agency-7.key"] {
+		t.Errorf("a second --only 7: exit %d or the key changed; it must keep the existing pair", code)
+	}
+	for _, args := range [][]string{{"--only", "0"}, {"--only", "-2"}, {"--only", "3", "--agencies", "5"}} {
+		if code, _, stderr := keygen(t, append([]string{"--dir", t.TempDir()}, args...)...); code != 2 || !strings.Contains(stderr, "--only") {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming --only", args, code, stderr)
+		}
+	}
+}
+
+func keysOf(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
