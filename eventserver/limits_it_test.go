@@ -528,3 +528,29 @@ func TestLimitsQueuedTimeoutsDoNotCutAWaitingAgency(t *testing.T) {
 		t.Errorf("the waiting agency's session ended with an error: %v", ts.logs.lines("session_error", nil))
 	}
 }
+
+// TestFloodLimitFollowsTheGrantedWindow: before HELLO a peer may leave one
+// frame plus FloodLimit unread; after it, the window its WELCOME granted
+// (a share of the budget, below --window when many agencies are connected)
+// times the frame limit, plus FloodLimit: never the configured maximum.
+func TestFloodLimitFollowsTheGrantedWindow(t *testing.T) {
+	s := &Server{cfg: Config{Window: 64, MaxFrame: 4096}}
+	view := &shareView{fakeView: newFakeView(5), share: 9}
+	sess, _, _ := newTestSession(view, Limits{Window: s.cfg.Window, MaxFrame: s.cfg.MaxFrame})
+	cs := &conn{sess: sess}
+	if got, want := s.floodLimit(cs), 4096+FloodLimit; got != want {
+		t.Errorf("before HELLO: flood limit %d, want one frame plus FloodLimit (%d)", got, want)
+	}
+	sess.Step(received(t, &frame.Hello{Agency: 1}))
+	if got, want := s.floodLimit(cs), 9*4096+FloodLimit; got != want {
+		t.Errorf("after a WELCOME granting 9: flood limit %d, want %d (not --window's 64 frames)", got, want)
+	}
+}
+
+// shareView grants every agency a fixed share of the budget as its window.
+type shareView struct {
+	*fakeView
+	share int
+}
+
+func (v *shareView) Window(limit int) int { return min(v.share, limit) }
