@@ -90,12 +90,18 @@ func newLogger(level, format string, w io.Writer, buffered bool) (*zap.Logger, e
 	} else {
 		enc = NewLineEncoder()
 	}
+	w = writeOnly{w}
 	ws := zapcore.Lock(zapcore.AddSync(w))
 	if buffered {
 		ws = &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(w), Size: 256 << 10, FlushInterval: FlushInterval}
 	}
 	return zap.New(zapcore.NewCore(enc, ws, lvl)), nil
 }
+
+// writeOnly hides the writer's Sync, so a log never fsyncs: a written line
+// is in the kernel and survives the process, while an fsync of a log file
+// would make each flush, and every line logged meanwhile, wait on the disk.
+type writeOnly struct{ io.Writer }
 
 // NewJSONEncoder writes one JSON object per line with keys time, level,
 // action, result and the fields.

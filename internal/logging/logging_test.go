@@ -8,6 +8,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -564,5 +565,37 @@ func TestParseLineReadsTheEncoder(t *testing.T) {
 	}
 	if s := got[1].String(); s != "hello | success | agency: 3" {
 		t.Errorf("String() = %q", s)
+	}
+}
+
+// syncCounter is a log destination that counts the fsyncs asked of it.
+type syncCounter struct {
+	bytes.Buffer
+	syncs int
+}
+
+func (s *syncCounter) Sync() error { s.syncs++; return nil }
+
+func TestLoggersWriteButNeverFsync(t *testing.T) {
+	for name, build := range map[string]func(string, string, io.Writer) (*zap.Logger, error){
+		"direct": logging.New, "buffered": logging.NewBuffered,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dst := &syncCounter{}
+			log, err := build("info", "console", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log.Info("file_sync", logging.Success)
+			if err := log.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(dst.String(), "action: file_sync | result: success") {
+				t.Fatalf("after Sync the line is not written: %q", dst.String())
+			}
+			if dst.syncs != 0 {
+				t.Fatalf("the logger fsynced its destination %d times; a log line only needs to reach the kernel", dst.syncs)
+			}
+		})
 	}
 }
