@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -140,4 +142,105 @@ func measureDisk(dir string, block int, minTime time.Duration, maxBytes int64) (
 	}
 	secs := time.Since(start).Seconds()
 	return diskResult{BytesPerSec: float64(written) / secs, FsyncsPerSec: float64(n) / secs, Fsyncs: n}, nil
+}
+
+// fanOutRounds is how many times measureFanOut sends its message round;
+// the fastest round is the floor.
+const fanOutRounds = 3
+
+// measureFanOut opens conns loopback TCP connections inside this process,
+// with a goroutine blocked reading on each (as the bench's agencies wait
+// for WINNERS), then writes one size-byte message to every connection from
+// as many writers as there are CPUs (as the event loops push WINNERS) and
+// returns the fastest of fanOutRounds rounds from the first write to the
+// last reader holding its message: what pushing one frame to every waiting
+// agency costs this machine, with no protocol, store or draw at all.
+func measureFanOut(ctx context.Context, conns, size, writers int) (time.Duration, error) {
+	if conns < 1 || size < 1 || writers < 1 {
+		return 0, fmt.Errorf("fan-out test: %d connections of %d bytes", conns, size)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("fan-out test: %w", err)
+	}
+	defer ln.Close()
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	servers := make([]net.Conn, 0, conns)
+	var d net.Dialer
+	for range conns {
+		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			return 0, fmt.Errorf("fan-out test: %w", err)
+		}
+		open = append(open, c)
+		s, err := ln.Accept()
+		if err != nil {
+			return 0, fmt.Errorf("fan-out test: accept: %w", err)
+		}
+		open = append(open, s)
+		servers = append(servers, s)
+	}
+
+	var rounds [fanOutRounds]sync.WaitGroup
+	var last [fanOutRounds]atomic.Int64 // unix nanoseconds of the latest read
+	readErrs := make([]error, conns)
+	var readers sync.WaitGroup
+	for r := range rounds {
+		rounds[r].Add(conns)
+	}
+	for i := range conns {
+		c := open[2*i]
+		readers.Go(func() {
+			buf := make([]byte, size)
+			for r := range fanOutRounds {
+				if _, err := io.ReadFull(c, buf); err != nil && readErrs[i] == nil {
+					readErrs[i] = err
+				}
+				now := time.Now().UnixNano()
+				for {
+					seen := last[r].Load()
+					if now <= seen || last[r].CompareAndSwap(seen, now) {
+						break
+					}
+				}
+				rounds[r].Done()
+			}
+		})
+	}
+	msg := make([]byte, size)
+	best := time.Duration(math.MaxInt64)
+	for r := range fanOutRounds {
+		start := time.Now()
+		writeErrs := make([]error, writers)
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Go(func() {
+				for i := w; i < conns; i += writers {
+					if _, err := servers[i].Write(msg); err != nil {
+						writeErrs[w] = err
+						for ; i < conns; i += writers {
+							servers[i].Close() // its reader gets an error instead of waiting
+						}
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(writeErrs...); err != nil {
+			return 0, fmt.Errorf("fan-out test: %w", err)
+		}
+		rounds[r].Wait()
+		best = min(best, time.Unix(0, last[r].Load()).Sub(start))
+	}
+	readers.Wait()
+	if err := errors.Join(readErrs...); err != nil {
+		return 0, fmt.Errorf("fan-out test: %w", err)
+	}
+	return best, nil
 }

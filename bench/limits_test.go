@@ -38,3 +38,31 @@ func TestDiskAppendFsyncCleansUp(t *testing.T) {
 		t.Error("a 0-byte block accepted")
 	}
 }
+
+func TestFanOutReachesEveryReader(t *testing.T) {
+	took, err := measureFanOut(context.Background(), 50, 640, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took <= 0 {
+		t.Errorf("fan-out to 50 readers took %v", took)
+	}
+	for _, bad := range [][3]int{{0, 640, 1}, {5, 0, 1}, {5, 640, 0}} {
+		if _, err := measureFanOut(context.Background(), bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("measureFanOut%v accepted", bad)
+		}
+	}
+}
+
+func TestFanOutFloorAtSmallK(t *testing.T) {
+	f, err := fanOutFloor(context.Background(), 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Agencies != 40 || f.Connections != 40 || f.MessageBytes != fanOutMessage || f.Writers < 1 {
+		t.Errorf("fan-out limit %+v: want 40 agencies on 40 connections of %d bytes", f, fanOutMessage)
+	}
+	if f.TookMs <= 0 || f.FloorMs != f.TookMs {
+		t.Errorf("fan-out limit %+v: with every connection measured, the floor is the time taken", f)
+	}
+}

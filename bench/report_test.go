@@ -209,6 +209,24 @@ func TestTargets(t *testing.T) {
 	if len(got) != 13 {
 		t.Errorf("%d targets, want 13: %v", len(got), got)
 	}
+	if d := got["last FINISHED → last WINNERS at 10,000 (gnet)"]; d.Got != "80 ms" {
+		t.Errorf("draw target shows %q without a fan-out test, want 80 ms", d.Got)
+	}
+	r.Limits.FanOut = &FanOutLimit{Agencies: 10000, Connections: 9000, MessageBytes: 640, Writers: 2, TookMs: 90, FloorMs: 100}
+	for _, x := range computeTargets(r) {
+		if x.Name == "last FINISHED → last WINNERS at 10,000 (gnet)" && x.Got != "80 ms (fan-out floor 100 ms)" {
+			t.Errorf("draw target shows %q, want the fan-out floor beside the measurement", x.Got)
+		}
+	}
+	r.Limits.CeilingBetsPerSec = 5e6
+	var text strings.Builder
+	if err := r.WriteTable(&text); err != nil {
+		t.Fatal(err)
+	}
+	if want := "loopback fan-out: one 640-byte write to each of 9,000 connections, 2 writers, until every reader holds it: 90.0 ms, " +
+		"so 100 ms for 10,000"; !strings.Contains(text.String(), want) {
+		t.Errorf("the text report does not say %q:\n%s", want, text.String())
+	}
 	if n := len(computeTargets(&Report{})); n != 0 {
 		t.Errorf("%d targets with nothing measured", n)
 	}

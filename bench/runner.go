@@ -324,6 +324,32 @@ func measureDiskFor(opts *Options, rep *Report, k int) error {
 	return nil
 }
 
+// fanOutMessage is the fan-out test's message: about a sealed WINNERS
+// frame at 10,000 agencies (a commitment with a 14-hash proof, a few documents).
+const fanOutMessage = 640
+
+// fanOutFloor runs the fan-out test for k connections, or for as many as
+// this process's open files allow (each costs two here) scaled up to k, with
+// one writer per CPU as the event server has one event loop per CPU.
+func fanOutFloor(ctx context.Context, k int) (*FanOutLimit, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil, fmt.Errorf("fan-out test: %w", err)
+	}
+	conns := min(k, int(min(lim.Cur, 1<<30)-FDMargin)/2)
+	if conns < 1 {
+		return nil, fmt.Errorf("fan-out test: an open files limit of %d leaves no connection", lim.Cur)
+	}
+	writers := runtime.GOMAXPROCS(0)
+	took, err := measureFanOut(ctx, conns, fanOutMessage, writers)
+	if err != nil {
+		return nil, err
+	}
+	ms := took.Seconds() * 1e3
+	return &FanOutLimit{Agencies: k, Connections: conns, MessageBytes: fanOutMessage, Writers: writers,
+		TookMs: ms, FloorMs: ms * float64(k) / float64(conns)}, nil
+}
+
 // measureLimits measures loopback throughput and derives the bets/s
 // ceilings from it, from the disk tests and from the bytes per bet the
 // runs observed.
@@ -356,6 +382,10 @@ func measureLimits(ctx context.Context, opts *Options, rep *Report) error {
 	}
 	l.LoopbackBytesPerSec = max(l.LoopbackOneStreamBytesPerSec, l.LoopbackManyStreamBytesPerSec)
 	l.LoopbackCeilingBetsPerSec = l.LoopbackBytesPerSec / l.WireBytesPerBet
+
+	if l.FanOut, err = fanOutFloor(ctx, maxK); err != nil {
+		return err
+	}
 
 	for i := range l.Disk {
 		d := &l.Disk[i]
