@@ -32,11 +32,11 @@ type memory struct {
 	Peak uint64 // VmHWM, bytes
 }
 
-// readMemory samples a process's resident set.
 // waitingSettle is how long agencies have been waiting for the draw when
 // the server's memory per waiting connection is read.
 const waitingSettle = 2 * time.Second
 
+// readMemory samples a process's resident set.
 func readMemory(pid int) (memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
