@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -110,9 +111,8 @@ type Server struct {
 	refused  refusals
 	tick     atomic.Int64 // unix nanoseconds of the last tick, to tell that the loops run
 
-	lastBusy time.Time      // ticker's loop only: when requests were last in flight
-	released bool           // ticker's loop only: memory given back since
-	bg       sync.WaitGroup // background work the server waits for before it returns
+	quiet idleTracker    // ticker's loop only: when to give memory back
+	bg    sync.WaitGroup // background work the server waits for before it returns
 
 	pmu     sync.Mutex
 	paused  map[*conn]struct{} // connections not read until their peer reads its answers
@@ -615,19 +615,43 @@ func (p *pendingSet) remove(cs *conn) {
 // connections' buffers are garbage by then, and agencies waiting for the
 // draw should cost only what they hold. It runs on the ticker's loop.
 func (s *Server) releaseMemory(now time.Time) {
-	if s.hub.InFlight() > 0 {
-		s.lastBusy, s.released = now, false
+	if !s.quiet.due(now, s.hub.InFlight() > 0) {
 		return
 	}
-	if s.released || s.lastBusy.IsZero() || now.Sub(s.lastBusy) < time.Second {
-		return
-	}
-	s.released = true
 	s.bg.Add(1)
-	go func() { // a full collection: off the event loop
+	go func() { // full collections: off the event loop
 		defer s.bg.Done()
-		debug.FreeOSMemory()
+		returnMemory()
 	}()
+}
+
+// idleTracker says when the store has been idle long enough to give
+// memory back: once per idle stretch of at least a second.
+type idleTracker struct {
+	lastBusy time.Time // when requests were last in flight
+	released bool      // memory given back since
+}
+
+// due records whether requests are in flight now and reports whether
+// memory should be given back now.
+func (t *idleTracker) due(now time.Time, busy bool) bool {
+	if busy {
+		t.lastBusy, t.released = now, false
+		return false
+	}
+	if t.released || t.lastBusy.IsZero() || now.Sub(t.lastBusy) < time.Second {
+		return false
+	}
+	t.released = true
+	return true
+}
+
+// returnMemory collects twice and returns freed memory to the system: the
+// first collection only moves what sync.Pools hold (gnet's ring buffers,
+// the plaintext buffers) to their victim caches, the second frees it.
+func returnMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // refusals counts refused connections per code between summary lines.
