@@ -50,7 +50,7 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	agencies := fs.String("agencies", "2000", "concurrent agencies (connections); a comma list runs each, e.g. 10,100,1000; "+
-		"none runs only the end-to-end workloads")
+		"the word none runs only the end-to-end workloads")
 	bets := fs.Int("bets", 1000, "bets per agency")
 	totalBets := fs.Int("total-bets", 0, "if set, bets per agency is this divided by the agencies, so every K moves the same bets")
 	batch := fs.Int("batch", 100, "bets per BETS frame")
