@@ -22,8 +22,8 @@ BENCH_BINS := --server-bin $(BIN)/eventserver --agency-bin $(BIN)/agency --keyge
 .PHONY: bench bench-scale bench-smoke bench-big bench-pg
 
 
-bench: build ## both servers secured at BENCH_AGENCIES agencies, vs --insecure, gnet with metrics, the course-shaped end to end, the machine's limits
-	$(BENCH) $(BENCH_BINS) --agencies $(BENCH_AGENCIES) --bets $(BENCH_BETS) --compare-insecure --compare-metrics \
+bench: build ## both servers secured at BENCH_AGENCIES agencies, vs --insecure, gnet with metrics and at warn, the course-shaped end to end, the machine's limits
+	$(BENCH) $(BENCH_BINS) --agencies $(BENCH_AGENCIES) --bets $(BENCH_BETS) --compare-insecure --compare-metrics --compare-log-level warn \
 		--course-reps $(BENCH_COURSE_REPS) --data-dir $(BENCH_TMP) \
 		--json $(BENCH_OUT)/bench.json --table $(BENCH_OUT)/bench.txt $(BENCH_FLAGS)
 

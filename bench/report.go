@@ -19,6 +19,7 @@ type Report struct {
 	Ratios     []Ratio          `json:"ratios"`
 	Encryption []EncryptionCost `json:"encryption,omitempty"`
 	Metrics    []MetricsCost    `json:"metrics_cost,omitempty"`
+	Logging    []LoggingCost    `json:"logging_cost,omitempty"`
 	Hashing    *HashingCost     `json:"hashing,omitempty"`
 	EndToEnd   []EndToEnd       `json:"end_to_end,omitempty"`
 	Targets    []Target         `json:"targets,omitempty"`
@@ -85,7 +86,8 @@ type RunResult struct {
 	Security              string  `json:"security"` // secure (Noise) or insecure (plaintext)
 	Metrics               bool    `json:"metrics"`  // the server ran with --metrics-listen
 	LogLevel              string  `json:"server_log_level"`
-	Window                int     `json:"window"` // as WELCOME announced it
+	VariantLogLevel       string  `json:"variant_log_level,omitempty"` // set on the runs at the compared log level
+	Window                int     `json:"window"`                      // as WELCOME announced it
 	HandshakesPerSec      float64 `json:"handshakes_per_sec"`
 	HandshakeP50Ms        float64 `json:"handshake_p50_ms"`
 	HandshakeP99Ms        float64 `json:"handshake_p99_ms"`
@@ -118,7 +120,7 @@ type RunResult struct {
 
 // variant is what tells runs at the same number of agencies apart.
 func (r *RunResult) variant() variant {
-	return variant{Impl: r.Impl, Secure: r.Security != Insecure, Metrics: r.Metrics}
+	return variant{Impl: r.Impl, Secure: r.Security != Insecure, Metrics: r.Metrics, LogLevel: r.VariantLogLevel}
 }
 
 // Limits are the machine's own ceilings, measured in the same invocation.
@@ -221,6 +223,20 @@ type MetricsCost struct {
 	OffCPUPerM        float64 `json:"off_server_cpu_sec_per_million_bets"`
 	OnCPUPerM         float64 `json:"on_server_cpu_sec_per_million_bets"`
 	ScrapedBetsStored float64 `json:"scraped_bets_stored"`
+}
+
+// LoggingCost compares gnet at its main log level with gnet at another
+// (--compare-log-level), in the same security mode, both without metrics.
+type LoggingCost struct {
+	Agencies        int     `json:"agencies"`
+	Security        string  `json:"security"`
+	Level           string  `json:"level"`        // the main runs' level
+	OtherLevel      string  `json:"other_level"`  // the compared one
+	BetsPerSec      float64 `json:"bets_per_sec"` // at Level
+	OtherBetsPerSec float64 `json:"other_bets_per_sec"`
+	Ratio           float64 `json:"level_over_other_bets_per_sec"`
+	CPUPerM         float64 `json:"server_cpu_sec_per_million_bets"`
+	OtherCPUPerM    float64 `json:"other_server_cpu_sec_per_million_bets"`
 }
 
 // HashingCost estimates what the per-agency chain costs the server: the
@@ -389,6 +405,27 @@ func computeMetricsCost(runs []RunResult) []MetricsCost {
 	return out
 }
 
+// computeLoggingCost pairs the main gnet runs with the gnet runs at the
+// compared log level.
+func computeLoggingCost(runs []RunResult) []LoggingCost {
+	var out []LoggingCost
+	for _, k := range agencyCounts(runs) {
+		for _, other := range runs {
+			if other.Agencies != k || other.Impl != ImplGnet || other.VariantLogLevel == "" || other.Metrics {
+				continue
+			}
+			main, ok := findVariant(runs, k, variant{Impl: ImplGnet, Secure: other.Security != Insecure})
+			if !ok {
+				continue
+			}
+			out = append(out, LoggingCost{Agencies: k, Security: other.Security, Level: main.LogLevel, OtherLevel: other.LogLevel,
+				BetsPerSec: main.BetsPerSec, OtherBetsPerSec: other.BetsPerSec, Ratio: ratio(main.BetsPerSec, other.BetsPerSec),
+				CPUPerM: main.CPUSecPerMillionBets, OtherCPUPerM: other.CPUSecPerMillionBets})
+		}
+	}
+	return out
+}
+
 // hashingCost sets the chain's cost against the CPU per bet of the main
 // gnet run at the largest K (or of any main run when gnet did not run).
 func hashingCost(runs []RunResult, chainNs float64) *HashingCost {
@@ -399,7 +436,7 @@ func hashingCost(runs []RunResult, chainNs float64) *HashingCost {
 	var best *RunResult
 	for i := range runs {
 		r := &runs[i]
-		if r.Metrics || r.Security != sec || r.CPUSecPerMillionBets <= 0 {
+		if r.Metrics || r.VariantLogLevel != "" || r.Security != sec || r.CPUSecPerMillionBets <= 0 {
 			continue
 		}
 		if best == nil || (r.Impl == ImplGnet && best.Impl != ImplGnet) ||
@@ -442,6 +479,7 @@ const (
 	targetStormSec         = 5.0
 	targetStormAgencies    = 10000
 	targetMetricsSpread    = 0.03
+	targetLogSpread        = 0.10
 	targetHashShare        = 0.05
 	targetMainAgencies     = 2000
 )
@@ -513,6 +551,13 @@ func computeTargets(r *Report) []Target {
 		add(9, fmt.Sprintf("secured/insecure bets/s at %s agencies (%s)", group(float64(e.Agencies)), e.Impl),
 			fmt.Sprintf("≥ %.1f", targetSecureShare), fmt.Sprintf("%.2f", e.Ratio), e.Ratio >= targetSecureShare)
 	}
+	for _, l := range r.Logging {
+		if l.Agencies != targetMainAgencies {
+			continue
+		}
+		add(10, fmt.Sprintf("log level %s/%s bets/s at 2,000 agencies (gnet)", l.Level, l.OtherLevel),
+			fmt.Sprintf("within %.0f%%", 100*targetLogSpread), fmt.Sprintf("%.3f", l.Ratio), math.Abs(l.Ratio-1) <= targetLogSpread)
+	}
 	for _, m := range r.Metrics {
 		add(11, fmt.Sprintf("metrics on/off bets/s at %s agencies (gnet)", group(float64(m.Agencies))),
 			fmt.Sprintf("within %.0f%%", 100*targetMetricsSpread), fmt.Sprintf("%.3f", m.Ratio),
@@ -552,7 +597,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if len(r.Runs) > 0 {
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "impl\tsecurity\tmetrics\tagencies\tbets/agency\tbets/s\tMB/s\tACK p50 ms\tACK p99 ms\tACK max ms\t"+
+		fmt.Fprintln(tw, "impl\tsecurity\tmetrics\tlog\tagencies\tbets/agency\tbets/s\tMB/s\tACK p50 ms\tACK p99 ms\tACK max ms\t"+
 			"handshakes/s\tstorm s\tdraw→winners ms\tpeak RSS MiB\tRSS/waiting conn KiB\tRSS/idle conn KiB\tCPU s/M bets\t"+
 			"upload CPU s/M bets\tCPU ms/conn\t")
 		for _, x := range r.Runs {
@@ -564,8 +609,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if x.StormSec > 0 {
 				storm = fmt.Sprintf("%.2f", x.StormSec)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.3f\t\n",
-				x.Impl, x.Security, metrics, x.Agencies, x.BetsPerAgency, group(x.BetsPerSec), x.MBPerSec, x.AckP50Ms, x.AckP99Ms,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.3f\t\n",
+				x.Impl, x.Security, metrics, x.LogLevel, x.Agencies, x.BetsPerAgency, group(x.BetsPerSec), x.MBPerSec, x.AckP50Ms, x.AckP99Ms,
 				x.AckMaxMs, group(x.HandshakesPerSec), storm, x.DrawToLastWinnersMs, float64(x.ServerPeakRSSBytes)/(1<<20),
 				x.RSSPerWaitingConnBytes/1024, x.RSSPerIdleConnBytes/1024, x.CPUSecPerMillionBets, x.UploadCPUSecPerMBets,
 				x.CPUMsPerConnection)
@@ -617,6 +662,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(&b, "K=%d %s: off %s bets/s, on %s bets/s, ratio %.3f; CPU s/M bets %.2f vs %.2f; "+
 				"lottery_bets_stored_total scraped %s\n", m.Agencies, m.Security, group(m.OffBetsPerSec), group(m.OnBetsPerSec),
 				m.Ratio, m.OffCPUPerM, m.OnCPUPerM, group(m.ScrapedBetsStored))
+		}
+	}
+	if len(r.Logging) > 0 {
+		fmt.Fprintln(&b, "\ncost of logging (gnet, same run):")
+		for _, l := range r.Logging {
+			fmt.Fprintf(&b, "K=%d %s: %s %s bets/s, %s %s bets/s, %s/%s %.3f; CPU s/M bets %.2f vs %.2f\n", l.Agencies, l.Security,
+				l.Level, group(l.BetsPerSec), l.OtherLevel, group(l.OtherBetsPerSec), l.Level, l.OtherLevel, l.Ratio, l.CPUPerM, l.OtherCPUPerM)
 		}
 	}
 	if h := r.Hashing; h != nil {

@@ -111,10 +111,12 @@ func TestGroupThousands(t *testing.T) {
 // with metrics too, and gnet at 10,000 with a storm.
 func comparisonRuns() []RunResult {
 	return []RunResult{
-		{Impl: ImplGnet, Security: Secure, Agencies: 2000, BetsPerSec: 1.8e6, CPUSecPerMillionBets: 0.4, RSSPerWaitingConnBytes: 3000,
+		{Impl: ImplGnet, Security: Secure, LogLevel: "info", Agencies: 2000, BetsPerSec: 1.8e6, CPUSecPerMillionBets: 0.4, RSSPerWaitingConnBytes: 3000,
 			HandshakesPerSec: 9000, StormSec: 0.4},
 		{Impl: ImplStdlib, Security: Secure, Agencies: 2000, BetsPerSec: 1.2e6, CPUSecPerMillionBets: 0.8, RSSPerWaitingConnBytes: 9000},
 		{Impl: ImplGnet, Security: Secure, Metrics: true, Agencies: 2000, BetsPerSec: 1.764e6, CPUSecPerMillionBets: 0.41, MetricsBetsStored: 2e6},
+		{Impl: ImplGnet, Security: Secure, LogLevel: "warn", VariantLogLevel: "warn", Agencies: 2000, BetsPerSec: 2.1e6,
+			CPUSecPerMillionBets: 0.35},
 		{Impl: ImplGnet, Security: Insecure, Agencies: 2000, BetsPerSec: 1.9e6, CPUSecPerMillionBets: 0.3, HandshakesPerSec: 20000},
 		{Impl: ImplStdlib, Security: Insecure, Agencies: 2000, BetsPerSec: 1.5e6, CPUSecPerMillionBets: 0.6},
 		{Impl: ImplGnet, Security: Secure, Agencies: 10000, BetsPerSec: 1e6, CPUSecPerMillionBets: 0.6, ServerCPUSec: 3,
@@ -139,6 +141,11 @@ func TestComparisonsPairTheRightRuns(t *testing.T) {
 	if len(m) != 1 || math.Abs(m[0].Ratio-0.98) > 1e-9 || m[0].ScrapedBetsStored != 2e6 || m[0].OnCPUPerM != 0.41 {
 		t.Errorf("metrics %+v, want on/off 0.98", m)
 	}
+	lc := computeLoggingCost(runs)
+	if len(lc) != 1 || lc[0].Agencies != 2000 || lc[0].Level != "info" || lc[0].OtherLevel != "warn" ||
+		math.Abs(lc[0].Ratio-1.8/2.1) > 1e-9 || lc[0].OtherCPUPerM != 0.35 {
+		t.Errorf("logging %+v, want info over warn 1.8/2.1 at 2,000", lc)
+	}
 	h := hashingCost(runs, 12)
 	if h == nil || h.Impl != ImplGnet || h.Agencies != 10000 || h.ServerCPUNsPerBet != 600 || h.Share != 0.02 {
 		t.Errorf("hashing %+v, want gnet at the largest K: 12 of 600 ns", h)
@@ -158,7 +165,7 @@ func TestComparisonsPairTheRightRuns(t *testing.T) {
 		t.Errorf("targets %+v judged from 40 ms of CPU", tg)
 	}
 	// Only insecure runs: they are the main ones.
-	plain := []RunResult{runs[3], runs[4]}
+	plain := []RunResult{runs[4], runs[5]}
 	if r := computeRatios(plain, limits); len(r) != 1 || r[0].Security != Insecure || math.Abs(r[0].BetsPerSec-1.9/1.5) > 1e-9 {
 		t.Errorf("insecure-only ratios %+v", r)
 	}
@@ -172,6 +179,7 @@ func TestTargets(t *testing.T) {
 	r.Ratios = computeRatios(r.Runs, &Limits{CeilingBetsPerSec: 5e6})
 	r.Encryption = computeEncryption(r.Runs)
 	r.Metrics = computeMetricsCost(r.Runs)
+	r.Logging = computeLoggingCost(r.Runs)
 	r.Hashing = hashingCost(r.Runs, 12)
 	r.EndToEnd = []EndToEnd{
 		{Name: e2eCourse, Impl: ImplGnet, Security: Secure, Agencies: 5, Bets: 78697, Reps: 5, MedianSec: 0.09},
@@ -194,6 +202,7 @@ func TestTargets(t *testing.T) {
 		"server CPU per million bets at 10,000 agencies (gnet)": false,
 		"secured/insecure bets/s at 2,000 agencies (gnet)":      true,
 		"metrics on/off bets/s at 2,000 agencies (gnet)":        true,
+		"log level info/warn bets/s at 2,000 agencies (gnet)":   false, // 1.8 against 2.1
 		"hashing share of server CPU per bet (estimate)":        true,
 	} {
 		x, ok := got[name]
@@ -205,8 +214,8 @@ func TestTargets(t *testing.T) {
 			t.Errorf("%s: met %v (%s against %s), want %v", name, x.Met, x.Got, x.Want, met)
 		}
 	}
-	if len(got) != 12 {
-		t.Errorf("%d targets, want 12 (the baseline's cost of encryption is not one): %v", len(got), got)
+	if len(got) != 13 {
+		t.Errorf("%d targets, want 13 (the baseline's cost of encryption is not one): %v", len(got), got)
 	}
 	if d := got["last FINISHED → last WINNERS at 10,000 (gnet)"]; d.Got != "80 ms" {
 		t.Errorf("draw target shows %q without a fan-out test, want 80 ms", d.Got)
@@ -221,6 +230,9 @@ func TestTargets(t *testing.T) {
 	var text strings.Builder
 	if err := r.WriteTable(&text); err != nil {
 		t.Fatal(err)
+	}
+	if want := "K=2000 secure: info 1,800,000 bets/s, warn 2,100,000 bets/s, info/warn 0.857"; !strings.Contains(text.String(), want) {
+		t.Errorf("the text report does not say %q:\n%s", want, text.String())
 	}
 	if want := "loopback fan-out: one 640-byte write to each of 9,000 connections, 2 writers, until every reader holds it: 90.0 ms, " +
 		"so 100 ms for 10,000"; !strings.Contains(text.String(), want) {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,10 +32,11 @@ type Options struct {
 	AgencyBin  string // bin/agency, for the end-to-end workloads
 	GendataBin string // bin/gendata, for the end-to-end workloads
 
-	CompareInsecure  bool // also run each server --insecure at each K
-	CompareMetrics   bool // also run gnet with --metrics-listen at each K
-	Storm            bool // after each run, restart the server and reconnect every agency at once
-	StormConcurrency int  // connections being opened at once in a storm
+	CompareInsecure  bool   // also run each server --insecure at each K
+	CompareMetrics   bool   // also run gnet with --metrics-listen at each K
+	CompareLogLevel  string // also run gnet at this log level at each K ("": no)
+	Storm            bool   // after each run, restart the server and reconnect every agency at once
+	StormConcurrency int    // connections being opened at once in a storm
 
 	CourseReps int // repetitions of the course-shaped end-to-end run; 0: none
 	BigBets    int // bets of each of the two agencies of the big end-to-end run; 0: none
@@ -49,9 +51,10 @@ type Options struct {
 // variant is one way of running a server: which, secured or not, with
 // metrics or not.
 type variant struct {
-	Impl    string
-	Secure  bool
-	Metrics bool
+	Impl     string
+	Secure   bool
+	Metrics  bool
+	LogLevel string // the server's log level when it is not the main runs' ("" for those)
 }
 
 func (v variant) String() string {
@@ -61,6 +64,9 @@ func (v variant) String() string {
 	}
 	if v.Metrics {
 		s += " +metrics"
+	}
+	if v.LogLevel != "" {
+		s += " at " + v.LogLevel
 	}
 	return s
 }
@@ -76,7 +82,8 @@ func (v variant) security() string {
 func (v variant) slug() string { return strings.NewReplacer(" +", "-", " ", "-").Replace(v.String()) }
 
 // variants lists the runs made at each K, in order: every server in the
-// main mode, then gnet with metrics, then every server --insecure.
+// main mode, then gnet with metrics, gnet at the compared log level, then
+// every server --insecure.
 func (o *Options) variants() []variant {
 	var out []variant
 	for _, impl := range o.Impls {
@@ -84,6 +91,9 @@ func (o *Options) variants() []variant {
 	}
 	if o.CompareMetrics && slices.Contains(o.Impls, ImplGnet) {
 		out = append(out, variant{Impl: ImplGnet, Secure: !o.Insecure, Metrics: true})
+	}
+	if o.CompareLogLevel != "" && slices.Contains(o.Impls, ImplGnet) {
+		out = append(out, variant{Impl: ImplGnet, Secure: !o.Insecure, LogLevel: o.CompareLogLevel})
 	}
 	if o.CompareInsecure && !o.Insecure {
 		for _, impl := range o.Impls {
@@ -261,6 +271,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep.Ratios = computeRatios(rep.Runs, &rep.Limits)
 	rep.Encryption = computeEncryption(rep.Runs)
 	rep.Metrics = computeMetricsCost(rep.Runs)
+	rep.Logging = computeLoggingCost(rep.Runs)
 	rep.Hashing = hashingCost(rep.Runs, chainNs)
 	rep.Targets = computeTargets(rep)
 	rep.Machine.LoadAvgEnd = loadAvg()
@@ -407,7 +418,7 @@ const defaultDiskBlock = 256 << 10
 func meanGroup(runs []RunResult, k int) int {
 	block := 0
 	for _, r := range runs {
-		if r.Agencies == k && r.MeanGroupBytes > 0 && (block == 0 || (r.Impl == ImplGnet && !r.Metrics)) {
+		if r.Agencies == k && r.MeanGroupBytes > 0 && (block == 0 || (r.Impl == ImplGnet && !r.Metrics && r.VariantLogLevel == "")) {
 			block = int(r.MeanGroupBytes)
 		}
 	}
@@ -524,7 +535,7 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 	}
 
 	var sres stormResult
-	if opts.Storm && !v.Metrics {
+	if opts.Storm && !v.Metrics && v.LogLevel == "" {
 		if sres, err = reconnectStorm(ctx, opts, v, k, sets, sources, agencyKeys, args, dir, dres.Root); err != nil {
 			return RunResult{}, err
 		}
@@ -534,10 +545,7 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 	hs := summarize(dres.Handshakes)
 	upload := dres.Upload.Seconds()
 	cpu := (cpu1 - cpu0).Seconds()
-	logLevel := opts.ServerLogLevel
-	if logLevel == "" {
-		logLevel = DefaultLogLevel
-	}
+	logLevel := cmp.Or(v.LogLevel, opts.ServerLogLevel, DefaultLogLevel)
 	res := RunResult{
 		Impl: v.Impl, Agencies: k, BetsPerAgency: b, Batch: opts.Batch,
 		BetsPerSec:              float64(dres.Bets) / upload,
@@ -555,6 +563,7 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 		Security:                v.security(),
 		Metrics:                 v.Metrics,
 		LogLevel:                logLevel,
+		VariantLogLevel:         v.LogLevel,
 		Window:                  dres.Window,
 		HandshakesPerSec:        float64(k) / dres.Connect.Seconds(),
 		HandshakeP50Ms:          ms(hs.P50),
@@ -610,8 +619,8 @@ func serverArgs(opts *Options, v variant, k int, dataDir string, keys *keyring, 
 	if opts.WinningNumber != eventserver.DefaultWinningNumber {
 		args = append(args, "--winning-number", strconv.Itoa(int(opts.WinningNumber)))
 	}
-	if opts.ServerLogLevel != "" {
-		args = append(args, "--log-level", opts.ServerLogLevel)
+	if level := cmp.Or(v.LogLevel, opts.ServerLogLevel); level != "" {
+		args = append(args, "--log-level", level)
 	}
 	if metricsAddr != "" {
 		args = append(args, "--metrics-listen", metricsAddr)

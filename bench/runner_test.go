@@ -155,12 +155,12 @@ func TestRunRefusesMoreAgenciesThanFiles(t *testing.T) {
 }
 
 func TestVariantsInOrder(t *testing.T) {
-	o := Options{Impls: []string{ImplGnet, ImplStdlib}, CompareInsecure: true, CompareMetrics: true}
+	o := Options{Impls: []string{ImplGnet, ImplStdlib}, CompareInsecure: true, CompareMetrics: true, CompareLogLevel: "warn"}
 	var got []string
 	for _, v := range o.variants() {
 		got = append(got, v.String())
 	}
-	if want := "gnet,stdlib,gnet +metrics,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
+	if want := "gnet,stdlib,gnet +metrics,gnet at warn,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
 		t.Errorf("variants %q, want %q", strings.Join(got, ","), want)
 	}
 	o.Insecure = true // everything plaintext: nothing to compare with
@@ -168,7 +168,7 @@ func TestVariantsInOrder(t *testing.T) {
 	for _, v := range o.variants() {
 		got = append(got, v.slug())
 	}
-	if want := "gnet-insecure,stdlib-insecure,gnet-insecure-metrics"; strings.Join(got, ",") != want {
+	if want := "gnet-insecure,stdlib-insecure,gnet-insecure-metrics,gnet-insecure-at-warn"; strings.Join(got, ",") != want {
 		t.Errorf("insecure variants %q, want %q", strings.Join(got, ","), want)
 	}
 }
@@ -194,7 +194,7 @@ func TestSmokeWithTheRealBinaries(t *testing.T) {
 	out := t.TempDir()
 	bin := func(name string) string { return filepath.Join(bins, name) }
 	cmd := exec.Command(bin("bench"), "--agencies", "8", "--bets", "60", "--batch", "25", "--course-reps", "1",
-		"--compare-insecure", "--compare-metrics", "--loopback-bytes", "1048576", "--disk-time", "20ms", "--quiet",
+		"--compare-insecure", "--compare-metrics", "--compare-log-level", "warn", "--loopback-bytes", "1048576", "--disk-time", "20ms", "--quiet",
 		"--server-bin", bin("eventserver"), "--agency-bin", bin("agency"), "--keygen-bin", bin("keygen"),
 		"--gendata-bin", bin("gendata"), "--data-dir", filepath.Join(out, "tmp"), "--json", filepath.Join(out, "smoke.json"))
 	var stdout, stderr bytes.Buffer
@@ -219,8 +219,11 @@ func TestSmokeWithTheRealBinaries(t *testing.T) {
 		if r.Metrics != (r.MetricsBetsStored == 8*60) {
 			t.Errorf("%s: scraped %v bets stored", r.variant(), r.MetricsBetsStored)
 		}
+		if want := map[bool]string{false: DefaultLogLevel, true: "warn"}[r.VariantLogLevel != ""]; r.LogLevel != want {
+			t.Errorf("%s: server log level %q, want %q", r.variant(), r.LogLevel, want)
+		}
 	}
-	if want := "gnet,stdlib,gnet +metrics,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
+	if want := "gnet,stdlib,gnet +metrics,gnet at warn,gnet insecure,stdlib insecure"; strings.Join(got, ",") != want {
 		t.Errorf("runs %q, want %q", strings.Join(got, ","), want)
 	}
 	if len(rep.EndToEnd) != 2 {
@@ -231,8 +234,9 @@ func TestSmokeWithTheRealBinaries(t *testing.T) {
 			t.Errorf("end to end %+v, want the course's 5 agencies and 78,697 bets, secured", e)
 		}
 	}
-	if len(rep.Encryption) != 2 || len(rep.Metrics) != 1 || len(rep.Targets) == 0 {
-		t.Errorf("comparisons: encryption %d, metrics %d, targets %d", len(rep.Encryption), len(rep.Metrics), len(rep.Targets))
+	if len(rep.Encryption) != 2 || len(rep.Metrics) != 1 || len(rep.Logging) != 1 || len(rep.Targets) == 0 {
+		t.Errorf("comparisons: encryption %d, metrics %d, logging %d, targets %d", len(rep.Encryption), len(rep.Metrics),
+			len(rep.Logging), len(rep.Targets))
 	}
 	if h := rep.Hashing; h == nil || h.ChainNsPerBet <= 0 {
 		t.Errorf("hashing %+v, want an estimate", h)

@@ -59,7 +59,7 @@ func chartPanels(runs []RunResult, limits *Limits) []panel {
 	var idleSeries []series
 	storms := false
 	for _, r := range runs {
-		if r.Metrics {
+		if r.Metrics || r.VariantLogLevel != "" {
 			continue
 		}
 		if name := r.variant().String(); !slices.Contains(names, name) {
@@ -78,7 +78,7 @@ func chartPanels(runs []RunResult, limits *Limits) []panel {
 		}
 		var tp, mem, idle, draw, storm []point
 		for _, r := range runs {
-			if r.Metrics || r.variant().String() != name {
+			if r.Metrics || r.VariantLogLevel != "" || r.variant().String() != name {
 				continue
 			}
 			x := float64(r.Agencies)

@@ -58,6 +58,7 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	insecure := fs.Bool("insecure", false, "run the servers --insecure and the agencies in plaintext (default: secured, with keys)")
 	compareInsecure := fs.Bool("compare-insecure", false, "also run every server --insecure at each K, to measure what encryption costs")
 	compareMetrics := fs.Bool("compare-metrics", false, "also run gnet with --metrics-listen at each K, and check /metrics at the end")
+	compareLog := fs.String("compare-log-level", "", "also run gnet at this log level (e.g. warn) at each K, to measure what its default level's logging costs")
 	stormOn := fs.Bool("storm", true, "after each run, restart the server on its data and reconnect every agency at once")
 	stormConc := fs.Int("storm-concurrency", 512, "connections opened at once in a reconnect storm (the server admits 1024 before HELLO by default)")
 	repeat := fs.Int("repeat", 1, "runs of each server at each K, taking turns; the median by bets/s is reported")
@@ -141,6 +142,10 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		fmt.Fprintf(stderr, "bench: --server-log-level: %v\n", err)
 		return 2
 	}
+	if _, err := logging.ParseLevel(*compareLog); *compareLog != "" && err != nil {
+		fmt.Fprintf(stderr, "bench: --compare-log-level: %v\n", err)
+		return 2
+	}
 	if *store != "" || fs.Changed("fronts") || fs.Changed("file-store") {
 		ns, err := parseInts(*fronts)
 		if err != nil {
@@ -159,6 +164,7 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 		GendataBin:       *gendataBin,
 		CompareInsecure:  *compareInsecure,
 		CompareMetrics:   *compareMetrics,
+		CompareLogLevel:  *compareLog,
 		Storm:            *stormOn,
 		StormConcurrency: *stormConc,
 		CourseReps:       *courseReps,
