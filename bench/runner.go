@@ -357,8 +357,12 @@ func fanOutFloor(ctx context.Context, k int) (*FanOutLimit, error) {
 		return nil, err
 	}
 	ms := took.Seconds() * 1e3
+	floor := ms
+	if conns < k {
+		floor = ms * float64(k) / float64(conns)
+	}
 	return &FanOutLimit{Agencies: k, Connections: conns, MessageBytes: fanOutMessage, Writers: writers,
-		TookMs: ms, FloorMs: ms * float64(k) / float64(conns)}, nil
+		TookMs: ms, FloorMs: floor}, nil
 }
 
 // measureLimits measures loopback throughput and derives the bets/s
