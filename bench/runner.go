@@ -49,7 +49,7 @@ type Options struct {
 }
 
 // variant is one way of running a server: which, secured or not, with
-// metrics or not.
+// metrics or not, at the main runs' log level or another.
 type variant struct {
 	Impl     string
 	Secure   bool
