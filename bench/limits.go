@@ -19,47 +19,18 @@ func measureLoopback(ctx context.Context, streams int, total int64) (float64, er
 	if streams < 1 || total < int64(streams) {
 		return 0, fmt.Errorf("loopback test: %d streams for %d bytes", streams, total)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	conns, closeAll, err := loopbackPairs(ctx, streams)
 	if err != nil {
 		return 0, fmt.Errorf("loopback test: %w", err)
 	}
-	defer ln.Close()
-
+	defer closeAll()
 	var readers sync.WaitGroup
 	received := make([]int64, streams)
 	readErrs := make([]error, streams)
-	accepted := make(chan error, 1)
-	go func() {
-		for i := range streams {
-			c, err := ln.Accept()
-			if err != nil {
-				accepted <- err
-				return
-			}
-			readers.Go(func() {
-				defer c.Close()
-				received[i], readErrs[i] = io.CopyBuffer(io.Discard, c, make([]byte, 256<<10))
-			})
-		}
-		accepted <- nil
-	}()
-
-	conns := make([]net.Conn, 0, streams)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	var d net.Dialer
-	for range streams {
-		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
-		if err != nil {
-			return 0, fmt.Errorf("loopback test: %w", err)
-		}
-		conns = append(conns, c)
-	}
-	if err := <-accepted; err != nil {
-		return 0, fmt.Errorf("loopback test: accept: %w", err)
+	for i, p := range conns {
+		readers.Go(func() {
+			received[i], readErrs[i] = io.CopyBuffer(io.Discard, p.accepted, make([]byte, 256<<10))
+		})
 	}
 
 	chunk := make([]byte, 256<<10)
@@ -69,7 +40,8 @@ func measureLoopback(ctx context.Context, streams int, total int64) (float64, er
 	var writers sync.WaitGroup
 	writeErrs := make([]error, streams)
 	start := time.Now()
-	for i, c := range conns {
+	for i, p := range conns {
+		c := p.dialed
 		share := total / int64(streams)
 		if i == 0 {
 			share += total % int64(streams)
@@ -144,6 +116,42 @@ func measureDisk(dir string, block int, minTime time.Duration, maxBytes int64) (
 	return diskResult{BytesPerSec: float64(written) / secs, FsyncsPerSec: float64(n) / secs, Fsyncs: n}, nil
 }
 
+// connPair is the two ends of one loopback TCP connection.
+type connPair struct{ dialed, accepted net.Conn }
+
+// loopbackPairs opens n loopback TCP connections inside this process and
+// returns both ends of each, with a function that closes them all.
+func loopbackPairs(ctx context.Context, n int) ([]connPair, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	pairs := make([]connPair, 0, n)
+	closeAll := func() {
+		for _, p := range pairs {
+			p.dialed.Close()
+			p.accepted.Close()
+		}
+	}
+	var d net.Dialer
+	for range n {
+		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			c.Close()
+			closeAll()
+			return nil, nil, fmt.Errorf("accept: %w", err)
+		}
+		pairs = append(pairs, connPair{c, a})
+	}
+	return pairs, closeAll, nil
+}
+
 // fanOutRounds is how many times measureFanOut sends its message round;
 // the fastest round is the floor.
 const fanOutRounds = 3
@@ -159,32 +167,11 @@ func measureFanOut(ctx context.Context, conns, size, writers int) (time.Duration
 	if conns < 1 || size < 1 || writers < 1 {
 		return 0, fmt.Errorf("fan-out test: %d connections of %d bytes", conns, size)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	pairs, closeAll, err := loopbackPairs(ctx, conns)
 	if err != nil {
 		return 0, fmt.Errorf("fan-out test: %w", err)
 	}
-	defer ln.Close()
-	var open []net.Conn
-	defer func() {
-		for _, c := range open {
-			c.Close()
-		}
-	}()
-	servers := make([]net.Conn, 0, conns)
-	var d net.Dialer
-	for range conns {
-		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
-		if err != nil {
-			return 0, fmt.Errorf("fan-out test: %w", err)
-		}
-		open = append(open, c)
-		s, err := ln.Accept()
-		if err != nil {
-			return 0, fmt.Errorf("fan-out test: accept: %w", err)
-		}
-		open = append(open, s)
-		servers = append(servers, s)
-	}
+	defer closeAll()
 
 	var rounds [fanOutRounds]sync.WaitGroup
 	var last [fanOutRounds]atomic.Int64 // unix nanoseconds of the latest read
@@ -193,8 +180,8 @@ func measureFanOut(ctx context.Context, conns, size, writers int) (time.Duration
 	for r := range rounds {
 		rounds[r].Add(conns)
 	}
-	for i := range conns {
-		c := open[2*i]
+	for i, p := range pairs {
+		c := p.dialed
 		readers.Go(func() {
 			buf := make([]byte, size)
 			for r := range fanOutRounds {
@@ -221,10 +208,10 @@ func measureFanOut(ctx context.Context, conns, size, writers int) (time.Duration
 		for w := range writers {
 			wg.Go(func() {
 				for i := w; i < conns; i += writers {
-					if _, err := servers[i].Write(msg); err != nil {
+					if _, err := pairs[i].accepted.Write(msg); err != nil {
 						writeErrs[w] = err
 						for ; i < conns; i += writers {
-							servers[i].Close() // its reader gets an error instead of waiting
+							pairs[i].accepted.Close() // its reader gets an error instead of waiting
 						}
 						return
 					}
