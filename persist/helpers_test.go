@@ -140,6 +140,18 @@ func forEachBackend(t *testing.T, test func(t *testing.T, bk backend)) {
 	}
 }
 
+// forEachSharedBackend is forEachBackend for tests of several servers on
+// one store: a backend one server owns (shared false) is skipped, since it
+// cannot be opened twice at once.
+func forEachSharedBackend(t *testing.T, test func(t *testing.T, bk backend)) {
+	forEachBackend(t, func(t *testing.T, bk backend) {
+		if !bk.shared {
+			t.Skipf("the %s backend is not shared (shared is false in the backends table): one writer owns its data", bk.name)
+		}
+		test(t, bk)
+	})
+}
+
 // openFileBackend opens a file store in a new directory. Once fail is
 // called, the next fsync of the journal fails: by then the group's rows
 // and its record are written, so the backend must cut both back.

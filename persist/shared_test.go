@@ -15,10 +15,7 @@ import (
 // other recorded holds; nothing is stored twice or skipped. A backend one
 // server owns (shared false) cannot be opened twice at once.
 func TestTwoWriters(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, bk backend) {
-		if !bk.shared {
-			t.Skipf("the %s backend is not shared (shared is false in the backends table): one writer owns its data", bk.name)
-		}
+	forEachSharedBackend(t, func(t *testing.T, bk backend) {
 		b, reopen := bk.open(t, 3, winning)
 		opts := persist.Options{Agencies: 3, WinningNumber: winning}
 		one := newStore(t, b, opts)
@@ -71,10 +68,7 @@ func TestTwoWriters(t *testing.T) {
 // the server recording the last FINISHED counts every agency when it
 // answers, without waiting for a Refresh or the other servers' notices.
 func TestLastFinishedCountsTheOthers(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, bk backend) {
-		if !bk.shared {
-			t.Skipf("the %s backend is not shared (shared is false in the backends table): one writer owns its data", bk.name)
-		}
+	forEachSharedBackend(t, func(t *testing.T, bk backend) {
 		b, reopen := bk.open(t, 3, winning)
 		opts := persist.Options{Agencies: 3, WinningNumber: winning}
 		stores := []*persist.Store{newStore(t, b, opts), newStore(t, reopen(), opts), newStore(t, reopen(), opts)}
