@@ -567,7 +567,8 @@ func (c *agencyConn) upload(ds *dataset, window int, finish bool, res *agencyRes
 // writeAll writes frames 0..total-1 of ds (frame len(ds.frames) is
 // FINISHED), one per credit, as many as the credits allow per write.
 func (c *agencyConn) writeAll(ds *dataset, total int, credits <-chan struct{}, sent chan<- time.Time, stop <-chan struct{}) error {
-	var buf []byte
+	buf := framePool.Get().(*[]byte)
+	defer framePool.Put(buf)
 	for i := 0; i < total; {
 		select {
 		case <-credits:
@@ -584,25 +585,31 @@ func (c *agencyConn) writeAll(ds *dataset, total int, credits <-chan struct{}, s
 				break more
 			}
 		}
-		buf = buf[:0]
+		frames := (*buf)[:0]
 		for j := i; j < i+k; j++ {
 			if j < len(ds.frames) {
-				buf = append(buf, ds.frames[j]...)
+				frames = append(frames, ds.frames[j]...)
 			} else {
-				buf = append(buf, ds.finished...)
+				frames = append(frames, ds.finished...)
 			}
 		}
+		*buf = frames
 		now := time.Now()
 		for range k {
 			sent <- now
 		}
-		if _, err := c.w.Write(buf); err != nil {
+		if _, err := c.w.Write(frames); err != nil {
 			return fmt.Errorf("agency %d: send %d frames: %w", c.id, k, err)
 		}
 		i += k
 	}
 	return nil
 }
+
+// framePool holds the buffers writeAll gathers a write's frames in, shared
+// by the agencies: each one growing its own would cost the client side page
+// faults the server under test does not cause.
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
 
 // readAcks reads the ACK of every batch in order and checks its range,
 // the count held and the chain over them.

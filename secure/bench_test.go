@@ -62,7 +62,7 @@ func BenchmarkClientHandshake(b *testing.B) {
 }
 
 // frame4K is a 4 KiB frame.
-func frame4K(b *testing.B) []byte {
+func frame4K(b testing.TB) []byte {
 	f := mustEncode(b, &frame.Ping{Payload: bytes.Repeat([]byte{7}, 4096-frame.HeaderSize)})
 	if len(f) != 4096 {
 		b.Fatalf("frame of %d bytes", len(f))

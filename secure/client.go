@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,6 @@ type ClientConn struct {
 	wmu  sync.Mutex
 	send *cipherState
 	fbuf []byte // frames to seal
-	wbuf []byte // records to write
 	werr error  // a failed write leaves the record stream broken
 }
 
@@ -215,29 +215,50 @@ func (c *ClientConn) writeLocked(frames []byte) error {
 	}
 	// Check every frame first: a record sealed but not sent would use up a
 	// nonce the server then waits for.
+	size := 0
 	for rest := frames; len(rest) > 0; {
-		size := frameSize(rest)
-		if err := checkFrame(rest[:size]); err != nil {
+		n := frameSize(rest)
+		if err := checkFrame(rest[:n]); err != nil {
 			return fmt.Errorf("secure: write: %w", err)
 		}
-		rest = rest[size:]
+		size += HeaderSize + n + TagSize
+		rest = rest[n:]
 	}
-	records := c.wbuf[:0]
+	buf := recordPool.Get().(*[]byte)
+	defer putRecords(buf)
+	records := slices.Grow((*buf)[:0], size)
 	for len(frames) > 0 {
-		size := frameSize(frames)
+		n := frameSize(frames)
 		var err error
-		if records, err = c.send.seal(records, frames[:size]); err != nil {
+		if records, err = c.send.seal(records, frames[:n]); err != nil {
 			c.werr = fmt.Errorf("secure: write: %w", err)
 			return c.werr
 		}
-		frames = frames[size:]
+		frames = frames[n:]
 	}
-	c.wbuf = records[:0]
+	*buf = records
 	if _, err := c.conn.Write(records); err != nil {
 		c.werr = fmt.Errorf("secure: an earlier write failed: %w", err)
 		return err
 	}
 	return nil
+}
+
+// recordPool holds the buffers writes seal their records into, shared by
+// every ClientConn: a window of batches is sealed into one buffer sized for
+// it, and thousands of connections of one process (the bench) neither grow
+// one each nor keep it while they wait for the draw.
+var recordPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledRecords is the largest buffer recordPool keeps: a window of 64
+// largest frames; a bigger write's buffer goes to the garbage collector.
+const maxPooledRecords = 64 * MaxRecordSize
+
+func putRecords(buf *[]byte) {
+	if cap(*buf) <= maxPooledRecords {
+		*buf = (*buf)[:0]
+		recordPool.Put(buf)
+	}
 }
 
 // frameSize is the size of the frame b starts with, as far as b holds it.
