@@ -223,3 +223,67 @@ func TestCommitRows(t *testing.T) {
 	checkState(t, open(t, dir, testOpts), slices.Concat(tagged(2, persisttest.Bets(2, 0, 3)), tagged(1, persisttest.Bets(1, 0, 2)), tagged(2, persisttest.Bets(2, 3, 2))),
 		map[uint32]uint64{1: 2})
 }
+
+// TestCommitInChunks: a group bigger than the chunk goes to bets.csv in
+// several writes, exactly as one would have written it, and a write failing
+// after others of the same group took place leaves nothing of the group.
+func TestCommitInChunks(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, testOpts)
+	s.chunk = 1000
+	var writes []int
+	fail := 0 // the write that fails, counted from 1; 0: none
+	s.write = func(f *os.File, b []byte) (int, error) {
+		writes = append(writes, len(b))
+		if len(writes) == fail {
+			return 0, errInjected
+		}
+		return f.Write(b)
+	}
+	if err := s.Commit(group(s, [3]int{1, 0, 5})); err != nil {
+		t.Fatal(err)
+	}
+	before, size := files(t, dir), s.Size()
+
+	writes, fail = nil, 3
+	g := group(s, [3]int{1, 5, 40}, [3]int{2, 0, 40}, [3]int{3, 0, 40})
+	if err := s.Commit(g); !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "write "+BetsFile) {
+		t.Fatalf("Commit: %v, want the injected failure of the third write", err)
+	}
+	if len(writes) != 3 {
+		t.Fatalf("%d writes before the failure, want 3", len(writes))
+	}
+	if d := diffFiles(before, files(t, dir)); d != "" {
+		t.Errorf("a commit failing at its third write left changes behind: %s", d)
+	}
+	if s.Size() != size {
+		t.Errorf("Size %d after a failed commit, want %d", s.Size(), size)
+	}
+
+	writes, fail = nil, 0
+	if err := s.Commit(group(s, [3]int{1, 5, 40}, [3]int{2, 0, 40}, [3]int{3, 0, 40})); err != nil {
+		t.Fatal(err)
+	}
+	want, batchMax := slices.Clone(before[BetsFile]), 0
+	for _, r := range g.Rows {
+		n := len(want)
+		for i := range r.Bets {
+			want = AppendRow(want, r.Agency, &r.Bets[i])
+		}
+		batchMax = max(batchMax, len(want)-n)
+	}
+	if got := readFile(t, dir, BetsFile); !bytes.Equal(got, want) {
+		t.Errorf("bets.csv after a chunked commit:\n got %q\nwant %q", got, want)
+	}
+	if len(writes) < 3 {
+		t.Errorf("a group of %d bytes went out in %d writes, want one per chunk of %d", len(want)-len(before[BetsFile]), len(writes), s.chunk)
+	}
+	for _, n := range writes {
+		if n >= s.chunk+batchMax {
+			t.Errorf("a write of %d bytes: the chunk of %d grew by more than one batch's rows", n, s.chunk)
+		}
+	}
+	s.Close()
+	checkState(t, open(t, dir, testOpts), slices.Concat(tagged(1, persisttest.Bets(1, 0, 45)), tagged(2, persisttest.Bets(2, 0, 40)),
+		tagged(3, persisttest.Bets(3, 0, 40))), nil)
+}

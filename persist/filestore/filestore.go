@@ -57,6 +57,9 @@ type Store struct {
 	opts Options
 	log  *zap.Logger
 	sync func(*os.File) error
+	// write appends a chunk of rows to bets.csv; tests make it fail.
+	write func(f *os.File, b []byte) (int, error)
+	chunk int // bytes of rows formatted before they are written
 
 	state     *persist.State
 	committed int64 // bytes of bets.csv the journal vouches for
@@ -86,7 +89,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Sync == nil {
 		opts.Sync = (*os.File).Sync
 	}
-	s := &Store{dir: dir, opts: opts, log: opts.Logger, sync: opts.Sync, winners: map[uint32][]string{}}
+	s := &Store{dir: dir, opts: opts, log: opts.Logger, sync: opts.Sync, write: (*os.File).Write, chunk: rowChunk, winners: map[uint32][]string{}}
 	if err := s.recover(); err != nil {
 		s.closeFiles()
 		s.log.Error("store_open", logging.Fail, zap.String("dir", dir), zap.Error(err))
@@ -166,6 +169,7 @@ func ReadLottery(dir string) (Lottery, error) {
 // record, fsyncs; on failure it cuts both files back and reports it.
 func (s *Store) Commit(g *persist.Group) error {
 	s.buf, s.newWinners = s.buf[:0], s.newWinners[:0]
+	written := int64(0) // bytes of this group already in bets.csv
 	for _, rows := range g.Rows {
 		for i := range rows.Bets {
 			b := &rows.Bets[i]
@@ -176,18 +180,28 @@ func (s *Store) Commit(g *persist.Group) error {
 				s.newWinners = append(s.newWinners, winner{rows.Agency, strings.Clone(b.Document)})
 			}
 		}
+		if len(s.buf) >= s.chunk {
+			if err := s.writeRows(); err != nil {
+				return err
+			}
+			written += int64(len(s.buf))
+			s.buf = s.buf[:0]
+		}
 	}
-	rec := record{offset: s.committed + int64(len(s.buf))}
+	if len(s.buf) > 0 {
+		if err := s.writeRows(); err != nil {
+			return err
+		}
+		written += int64(len(s.buf))
+	}
+	rec := record{offset: s.committed + written}
 	for _, c := range g.Changes {
 		rec.held = append(rec.held, heldEntry{c.Agency, c.Held, c.Chain.Sum()})
 		if c.Finish {
 			rec.finished = append(rec.finished, doneEntry{c.Agency, c.Total})
 		}
 	}
-	if len(s.buf) > 0 {
-		if _, err := s.bets.Write(s.buf); err != nil {
-			return s.rollback(fmt.Errorf("write %s: %w", BetsFile, err))
-		}
+	if written > 0 {
 		if err := s.sync(s.bets); err != nil {
 			return s.rollback(fmt.Errorf("sync %s: %w", BetsFile, err))
 		}
@@ -220,6 +234,21 @@ func (s *Store) rollbackJournal(size int64, err error) error {
 		err = fmt.Errorf("%w; cutting %s back also failed: %w", err, JournalFile, terr)
 	}
 	return s.rollback(err)
+}
+
+// rowChunk is about how many bytes of rows a commit formats before writing
+// them: a group of thousands of batches goes out in pieces, so the buffer
+// stays small instead of growing (and faulting in fresh pages) to the size
+// of the largest group.
+const rowChunk = 256 << 10
+
+// writeRows appends the formatted rows in buf to bets.csv; on failure it
+// cuts off whatever of the group was written.
+func (s *Store) writeRows() error {
+	if _, err := s.write(s.bets, s.buf); err != nil {
+		return s.rollback(fmt.Errorf("write %s: %w", BetsFile, err))
+	}
+	return nil
 }
 
 // rollback cuts bets.csv back to the committed offset so that no row of a
