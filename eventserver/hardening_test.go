@@ -8,9 +8,11 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/panjf2000/gnet/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -532,4 +534,50 @@ func hardTrickleCase(name string, group hardGroup) hardCase {
 		}
 		h.expectFailLog(t, p.localAddr(), "session_error", "code", frame.CodeTimeout.String())
 	}}
+}
+
+// wakeCounter is a connection that only counts its wakes.
+type wakeCounter struct {
+	gnet.Conn
+	woken atomic.Int32
+}
+
+func (w *wakeCounter) Wake(gnet.AsyncCallback) error {
+	w.woken.Add(1)
+	return nil
+}
+
+// TestFeedWakesWhatWasParkedWhileItWasAway: connections parked on a full
+// budget are woken even when the room signal that concerned them came and
+// went while the feeder was busy (here: before it started). Nothing else
+// happens afterwards, as at the end of an upload, so a feeder waiting for
+// the next signal would leave them parked until the read timeout.
+func TestFeedWakesWhatWasParkedWhileItWasAway(t *testing.T) {
+	h := &Hub{budget: 4, room: make(chan struct{})}
+	s := &Server{hub: h, starved: map[*conn]struct{}{}}
+	x, y := &wakeCounter{}, &wakeCounter{}
+
+	h.inflight.Store(4)
+	s.starve(&conn{c: x}) // saturated: parked
+	h.answered()
+	h.answered() // half the budget: room
+	h.inflight.Add(2)
+	s.starve(&conn{c: y}) // saturated again: parked
+	for range 3 {
+		h.answered() // through half the budget again, then below
+	}
+	if x.woken.Load() != 0 || y.woken.Load() != 0 {
+		t.Fatal("a connection parked on a full budget was woken before the feeder ran")
+	}
+
+	done := make(chan struct{})
+	defer close(done)
+	go s.feed(done)
+	deadline := time.Now().Add(5 * time.Second)
+	for (x.woken.Load() == 0 || y.woken.Load() == 0) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if x.woken.Load() == 0 || y.woken.Load() == 0 {
+		t.Fatalf("parked connections woken %d and %d times with the budget no longer full, want both", x.woken.Load(), y.woken.Load())
+	}
 }

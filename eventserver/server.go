@@ -510,20 +510,27 @@ func (s *Server) starve(cs *conn) {
 	}
 }
 
-// feed wakes the parked connections each time the hub has room, until done.
+// feed wakes the parked connections whenever the hub has room, until done.
+// It takes the room signal before it looks at the budget, so a signal given
+// while it was waking the previous ones is never missed: connections parked
+// then would otherwise wait for a next signal that may never come (the last
+// agencies of an upload, timed out after the read timeout).
 func (s *Server) feed(done <-chan struct{}) {
 	for {
+		room := s.hub.Room()
+		if !s.hub.Saturated() {
+			s.pmu.Lock()
+			for cs := range s.starved {
+				_ = cs.c.Wake(nil)
+			}
+			clear(s.starved)
+			s.pmu.Unlock()
+		}
 		select {
 		case <-done:
 			return
-		case <-s.hub.Room():
+		case <-room:
 		}
-		s.pmu.Lock()
-		for cs := range s.starved {
-			_ = cs.c.Wake(nil)
-		}
-		clear(s.starved)
-		s.pmu.Unlock()
 	}
 }
 
