@@ -556,8 +556,11 @@ func (c *agencyConn) upload(ds *dataset, window int, finish bool, res *agencyRes
 	rerr := c.readAcks(ds, credits, sent, res, prog)
 	if rerr != nil {
 		c.nc.Close() // the writer may be blocked on a full socket
+		// Only on failure: after the last ACK the writer still owes the
+		// FINISHED its credit made room for, and a select seeing that credit
+		// and stop together could pick either.
+		close(stop)
 	}
-	close(stop)
 	if werr := <-wrote; werr != nil {
 		return werr
 	}

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -394,5 +396,67 @@ func TestDriveOneAgency(t *testing.T) {
 	}
 	if _, err := checkStore(srv.dataDir, wantFromSets(sets, 1)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// slowWriter returns from each write only after a pause, as a writer
+// goroutine descheduled after its write would.
+type slowWriter struct {
+	io.Writer
+	pause time.Duration
+}
+
+func (w slowWriter) Write(p []byte) (int, error) {
+	n, err := w.Writer.Write(p)
+	time.Sleep(w.pause)
+	return n, err
+}
+
+// TestUploadAlwaysSendsTheFinished: with a window of one, the FINISHED goes
+// out on the credit of the last ACK; the upload must not end before the
+// writer has sent it, however late the writer comes back to take that
+// credit (at 10,000 agencies some never sent it, and the server timed them
+// out 30 s later).
+func TestUploadAlwaysSendsTheFinished(t *testing.T) {
+	sets, err := buildDatasets(datasetPlan{Distinct: 1, Bets: 10, Batch: 10, WinningNumber: 7574, Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := sets[0]
+	for i := range 20 {
+		client, server := net.Pipe()
+		var pings atomic.Int64
+		c := &agencyConn{id: 1, nc: client, src: frame.NewReader(client), w: slowWriter{client, 20 * time.Millisecond}, pings: &pings}
+		served := make(chan error, 1)
+		go func() {
+			served <- func() error {
+				src := frame.NewReader(server)
+				var dec frame.Decoder
+				if _, err := dec.Next(src); err != nil {
+					return err
+				}
+				n := ds.counts[0]
+				if err := frame.Write(server, &frame.Ack{Count: uint16(n), Held: uint64(n), Chain: ds.chains[0]}); err != nil {
+					return err
+				}
+				server.SetReadDeadline(time.Now().Add(time.Second))
+				f, err := dec.Next(src)
+				if err != nil {
+					return fmt.Errorf("no FINISHED after the last ACK: %w", err)
+				}
+				if _, ok := f.(*frame.Finished); !ok {
+					return fmt.Errorf("%s after the last ACK, want FINISHED", f.Type())
+				}
+				return nil
+			}()
+		}()
+		var res agencyResult
+		uerr := c.upload(ds, 1, true, &res, &progress{})
+		serr := <-served
+		client.Close()
+		server.Close()
+		if uerr != nil || serr != nil {
+			t.Fatalf("upload %d: %v; server: %v", i, uerr, serr)
+		}
 	}
 }
