@@ -399,6 +399,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
+	cs.takeOut()
 	act := s.traffic(cs, c, time.Now())
 	if !cs.flush() {
 		return gnet.Close
@@ -727,7 +728,8 @@ type conn struct {
 	sess   *Session
 	tr     transport
 	dec    frame.Decoder
-	out    []byte
+	out    []byte        // answers of the running callback; see takeOut
+	outBuf *[]byte       // the pooled buffer out came from
 	place  *list.Element // in the server's budget of connections before HELLO; guarded by pendingSet.mu
 	agency bool          // said HELLO
 	wait   Wait          // what the deadline was armed for
@@ -775,17 +777,34 @@ func (cs *conn) do(out Output) bool {
 // flush writes what the session said during one callback in a single write
 // and reports whether the connection is still usable.
 func (cs *conn) flush() bool {
-	if len(cs.out) == 0 {
-		return true
+	var err error
+	if len(cs.out) > 0 {
+		_, err = cs.c.Write(cs.out) // what the socket does not take, gnet copies
 	}
-	_, err := cs.c.Write(cs.out)
-	if cap(cs.out) > 16<<10 || cs.sess.Wait() != WaitNone {
-		cs.out = nil // owing nothing, the connection may stay idle for hours: keep no buffer
-	} else {
-		cs.out = cs.out[:0]
+	if cs.outBuf != nil && cap(cs.out) <= maxPooledOut {
+		*cs.outBuf = cs.out[:0]
+		outPool.Put(cs.outBuf)
 	}
+	cs.out, cs.outBuf = nil, nil
 	return err == nil
 }
+
+// takeOut gives the callback a pooled buffer to gather its answers in. They
+// leave in one write when the callback returns, so no connection keeps a
+// buffer between callbacks (an agency may wait for the draw for hours), and
+// a burst of answers to thousands of connections (the draw's WINNERS) reuses
+// a few buffers instead of faulting in fresh memory for each.
+func (cs *conn) takeOut() {
+	if cs.outBuf == nil {
+		cs.outBuf = outPool.Get().(*[]byte)
+		cs.out = (*cs.outBuf)[:0]
+	}
+}
+
+// maxPooledOut is the largest answer buffer outPool keeps.
+const maxPooledOut = 16 << 10
+
+var outPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // rearm sets the deadline for what the session waits for.
 func (cs *conn) rearm(now time.Time, received bool) {

@@ -3,6 +3,7 @@ package eventserver
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -77,7 +78,6 @@ type secureTransport struct {
 	sc        *secure.ServerConn
 	plaintext bool
 	announced bool
-	scratch   []byte
 }
 
 func (t *secureTransport) Peek(n int) ([]byte, error) {
@@ -100,12 +100,19 @@ func (t *secureTransport) appendFrame(dst []byte, f frame.Frame) ([]byte, error)
 	if t.plaintext || !t.sc.Established() {
 		return frame.Append(dst, f)
 	}
-	var err error
-	if t.scratch, err = frame.Append(t.scratch[:0], f); err != nil {
+	buf := framePool.Get().(*[]byte)
+	defer framePool.Put(buf)
+	encoded, err := frame.Append((*buf)[:0], f)
+	*buf = encoded[:0]
+	if err != nil {
 		return dst, err
 	}
-	return t.sc.Seal(dst, t.scratch)
+	return t.sc.Seal(dst, encoded)
 }
+
+// framePool holds the buffers frames are encoded in before they are sealed,
+// shared by the connections: no larger than frame.MaxSize, kept by none.
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
 
 func (t *secureTransport) start(cs *conn, now time.Time) (bool, bool) {
 	if t.plaintext || t.sc.Established() {
