@@ -503,3 +503,43 @@ func TestWindowWriteReusesBuffer(t *testing.T) {
 		t.Errorf("a window write on a fresh connection allocates %.1f times, want at most 3", allocs)
 	}
 }
+
+// countingReader counts the reads made of it.
+type countingReader struct {
+	io.Reader
+	reads int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	c.reads++
+	return c.Reader.Read(p)
+}
+
+// The draw's push to an agency, a COMMITMENT whose proof covers 10,000
+// agencies followed by its WINNERS, is taken in a single read.
+func TestRecordReaderTakesTheDrawsPushInOneRead(t *testing.T) {
+	c := &frame.Commitment{Agencies: 10000, Proof: make([]frame.Hash, 14)}
+	w := &frame.Winners{Last: true, Documents: []string{"30904465", "31291379", "33099270"}}
+	var stream []byte
+	var sizes []int
+	for _, f := range []frame.Frame{c, w} {
+		body := len(mustEncode(t, f)) + TagSize
+		rec := append([]byte{KindTransport, byte(body >> 8), byte(body)}, make([]byte, body)...)
+		stream = append(stream, rec...)
+		sizes = append(sizes, len(rec))
+	}
+	cr := &countingReader{Reader: bytes.NewReader(stream)}
+	rr := &recordReader{r: cr}
+	for _, n := range sizes {
+		if b, err := rr.Peek(HeaderSize); err != nil || len(b) != HeaderSize {
+			t.Fatalf("Peek(header) = %d bytes, %v", len(b), err)
+		}
+		if b, err := rr.Peek(n); err != nil || len(b) != n {
+			t.Fatalf("Peek(%d) = %d bytes, %v", n, len(b), err)
+		}
+		rr.Discard(n)
+	}
+	if cr.reads != 1 {
+		t.Errorf("the push of %d bytes took %d reads, want 1", len(stream), cr.reads)
+	}
+}
