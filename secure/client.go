@@ -34,9 +34,8 @@ type ClientConn struct {
 	r    *recordReader
 
 	recv *cipherState
-	buf  []byte // decrypted frames; buf[off:] not yet discarded
-	off  int
-	rerr error // fatal read error
+	in   pending // decrypted frames not yet discarded
+	rerr error   // fatal read error
 
 	wmu  sync.Mutex
 	send *cipherState
@@ -278,33 +277,16 @@ func (c *ClientConn) Peek(n int) ([]byte, error) {
 	if n > frame.MaxSize {
 		return nil, fmt.Errorf("%w: peek of %d bytes, more than a frame", frame.ErrTooLarge, n)
 	}
-	for len(c.buf)-c.off < max(n, 1) {
+	for c.in.held() < max(n, 1) {
 		if err := c.readRecord(); err != nil {
-			return c.buf[c.off:], err
+			return c.in.bytes(0), err
 		}
 	}
-	if n <= 0 {
-		return c.buf[c.off:], nil
-	}
-	return c.buf[c.off : c.off+n], nil
+	return c.in.bytes(n), nil
 }
 
 // Discard drops the next n decrypted bytes; n <= 0 drops all that are held.
-func (c *ClientConn) Discard(n int) (int, error) {
-	held := len(c.buf) - c.off
-	var err error
-	switch {
-	case n <= 0:
-		n = held
-	case n > held:
-		n, err = held, io.ErrShortBuffer
-	}
-	c.off += n
-	if c.off == len(c.buf) {
-		c.buf, c.off = c.buf[:0], 0
-	}
-	return n, err
-}
+func (c *ClientConn) Discard(n int) (int, error) { return c.in.discard(n) }
 
 // readRecord reads and decrypts the next transport record onto buf.
 func (c *ClientConn) readRecord() error {
@@ -326,10 +308,8 @@ func (c *ClientConn) readRecord() error {
 	if b, err = c.r.Peek(HeaderSize + size); err != nil {
 		return eof(err)
 	}
-	if c.off > 0 {
-		c.buf, c.off = c.buf[:copy(c.buf, c.buf[c.off:])], 0
-	}
-	out, err := c.recv.open(c.buf, b[HeaderSize:]) // grows buf to the largest frame received
+	c.in.compact()
+	out, err := c.recv.open(c.in.buf, b[HeaderSize:]) // grows buf to the largest frame received
 	if err != nil {
 		c.rerr = err
 		return err
@@ -337,7 +317,7 @@ func (c *ClientConn) readRecord() error {
 	if _, err := c.r.Discard(HeaderSize + size); err != nil {
 		return err
 	}
-	c.buf = out
+	c.in.buf = out
 	return nil
 }
 
@@ -369,9 +349,8 @@ var (
 // ACKs, the draw's COMMITMENT and WINNERS), and ten thousand connections
 // need not hold 8 KiB each.
 type recordReader struct {
-	r   io.Reader
-	buf []byte // buf[off:] is unread
-	off int
+	r io.Reader
+	pending
 }
 
 // recordReaderStart is the buffer a recordReader starts with: the draw's
@@ -385,10 +364,8 @@ func (rr *recordReader) Peek(n int) ([]byte, error) {
 	if n > MaxRecordSize {
 		return nil, fmt.Errorf("%w: peek of %d bytes, more than a record", ErrRecord, n)
 	}
-	for empty := 0; len(rr.buf)-rr.off < n; {
-		if rr.off > 0 {
-			rr.buf, rr.off = rr.buf[:copy(rr.buf, rr.buf[rr.off:])], 0
-		}
+	for empty := 0; rr.held() < n; {
+		rr.compact()
 		if cap(rr.buf) < n || cap(rr.buf) == len(rr.buf) {
 			grown := make([]byte, len(rr.buf), min(max(n, 2*cap(rr.buf), recordReaderStart), MaxRecordSize))
 			copy(grown, rr.buf)
@@ -406,18 +383,8 @@ func (rr *recordReader) Peek(n int) ([]byte, error) {
 			return rr.buf, err
 		}
 	}
-	return rr.buf[rr.off : rr.off+n], nil
+	return rr.bytes(n), nil
 }
 
 // Discard drops the next n bytes, which a Peek returned.
-func (rr *recordReader) Discard(n int) (int, error) {
-	if held := len(rr.buf) - rr.off; n > held {
-		rr.off = len(rr.buf)
-		return held, io.ErrShortBuffer
-	}
-	rr.off += n
-	if rr.off == len(rr.buf) {
-		rr.buf, rr.off = rr.buf[:0], 0
-	}
-	return n, nil
-}
+func (rr *recordReader) Discard(n int) (int, error) { return rr.discard(n) }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/flynn/noise"
@@ -182,4 +183,51 @@ func (c *cipherState) open(dst, body []byte) ([]byte, error) {
 		return dst, err
 	}
 	return out, nil
+}
+
+// pending is bytes received and not yet consumed, buf[off:]: the
+// bookkeeping behind every Peek and Discard of this package.
+type pending struct {
+	buf []byte
+	off int
+}
+
+// held is how many bytes are pending.
+func (p *pending) held() int { return len(p.buf) - p.off }
+
+// bytes returns the first n pending bytes, all of them when n <= 0; n may
+// not exceed held.
+func (p *pending) bytes(n int) []byte {
+	if n <= 0 {
+		return p.buf[p.off:]
+	}
+	return p.buf[p.off : p.off+n]
+}
+
+// discard drops the next n pending bytes, all of them when n <= 0, as
+// frame.Source's Discard does: asked for more than is held, it drops what
+// there is and returns io.ErrShortBuffer. Once nothing is pending, buf
+// starts over from its beginning.
+func (p *pending) discard(n int) (int, error) {
+	held := p.held()
+	var err error
+	switch {
+	case n <= 0:
+		n = held
+	case n > held:
+		n, err = held, io.ErrShortBuffer
+	}
+	p.off += n
+	if p.off == len(p.buf) {
+		p.buf, p.off = p.buf[:0], 0
+	}
+	return n, err
+}
+
+// compact moves the pending bytes to the front of buf, so what is appended
+// next follows them.
+func (p *pending) compact() {
+	if p.off > 0 {
+		p.buf, p.off = p.buf[:copy(p.buf, p.buf[p.off:])], 0
+	}
 }

@@ -33,8 +33,7 @@ type ServerConn struct {
 
 	rand       io.Reader // ephemeral keys; nil means crypto/rand
 	send, recv *cipherState
-	buf        []byte // decrypted frames; buf[off:] not yet discarded
-	off        int
+	in         pending // decrypted frames not yet discarded
 }
 
 // NewServerConn returns the state of a new connection whose received bytes
@@ -149,17 +148,17 @@ func (c *ServerConn) Peek(n int) ([]byte, error) {
 	}
 	if n <= 0 {
 		var err error
-		if c.off == len(c.buf) {
+		if c.in.held() == 0 {
 			err = c.openNext()
 		}
-		return c.buf[c.off:], err
+		return c.in.bytes(0), err
 	}
-	for len(c.buf)-c.off < n {
+	for c.in.held() < n {
 		if err := c.openNext(); err != nil {
-			return c.buf[c.off:], err
+			return c.in.bytes(0), err
 		}
 	}
-	return c.buf[c.off : c.off+n], nil
+	return c.in.bytes(n), nil
 }
 
 // Discard drops the next n decrypted bytes; n <= 0 drops all that are held.
@@ -167,22 +166,14 @@ func (c *ServerConn) Discard(n int) (int, error) {
 	if !c.done {
 		return 0, c.notReady()
 	}
-	held := len(c.buf) - c.off
-	var err error
-	switch {
-	case n <= 0:
-		n = held
-	case n > held:
-		n, err = held, io.ErrShortBuffer
-	}
-	c.off += n
-	if c.off == len(c.buf) {
+	n, err := c.in.discard(n)
+	if c.in.held() == 0 {
 		// Nothing held: give the buffer back, so an idle connection (an
 		// agency waiting for the draw) holds no plaintext buffer.
-		if cap(c.buf) == frame.MaxSize {
-			plainPool.Put((*[frame.MaxSize]byte)(c.buf[:frame.MaxSize]))
+		if cap(c.in.buf) == frame.MaxSize {
+			plainPool.Put((*[frame.MaxSize]byte)(c.in.buf[:frame.MaxSize]))
 		}
-		c.buf, c.off = nil, 0
+		c.in.buf = nil
 	}
 	return n, err
 }
@@ -203,20 +194,18 @@ func (c *ServerConn) openNext() error {
 	if b, err = c.raw.Peek(HeaderSize + size); err != nil {
 		return rawErr(err, b)
 	}
-	if c.off > 0 { // only when a caller peeks across frames
-		c.buf, c.off = c.buf[:copy(c.buf, c.buf[c.off:])], 0
+	c.in.compact() // only does something when a caller peeks across frames
+	if c.in.buf == nil {
+		c.in.buf = plainPool.Get().(*[frame.MaxSize]byte)[:0]
 	}
-	if c.buf == nil {
-		c.buf = plainPool.Get().(*[frame.MaxSize]byte)[:0]
-	}
-	out, err := c.recv.open(c.buf, b[HeaderSize:])
+	out, err := c.recv.open(c.in.buf, b[HeaderSize:])
 	if err != nil {
 		return c.fail(err)
 	}
 	if _, err := c.raw.Discard(HeaderSize + size); err != nil {
 		return c.fail(fmt.Errorf("secure: discard record: %w", err))
 	}
-	c.buf, c.proven = out, true
+	c.in.buf, c.proven = out, true
 	return nil
 }
 
