@@ -72,7 +72,7 @@ func (t *Tree) Root() frame.Hash {
 // Proof lists the siblings of leaf i from the bottom up, skipping levels
 // where the path has none.
 func (t *Tree) Proof(i int) []frame.Hash {
-	var proof []frame.Hash
+	proof := make([]frame.Hash, 0, len(t.levels)-1) // one allocation: the draw makes one per agency
 	for _, level := range t.levels[:len(t.levels)-1] {
 		if s := i ^ 1; s < len(level) {
 			proof = append(proof, level[s])

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strconv"
@@ -254,5 +256,52 @@ func TestStatementRoundTripAndCheck(t *testing.T) {
 	}
 	if err := got.UnmarshalJSON([]byte(`{"format":"x"}`)); err == nil {
 		t.Fatal("a wrong format loads")
+	}
+}
+
+// TestStatementIsWhatEncodingJSONWrites keeps the hand-built statement
+// byte for byte what json.MarshalIndent wrote before: statements already
+// on disk, and those other servers sharing a store saved, compare equal.
+func TestStatementIsWhatEncodingJSONWrites(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 7, 300} {
+		s := Statement{Commitment: Commitment{Lottery: sha256.Sum256([]byte{byte(n)}), Agencies: uint32(n)}}
+		for i := range n {
+			bets := uint64(i * 977)
+			if i == n-1 {
+				bets = ^uint64(0)
+			}
+			s.Leaves = append(s.Leaves, Leaf{Agency: uint32(i + 1), Bets: bets, Chain: sha256.Sum256([]byte(strconv.Itoa(i)))})
+		}
+		s.Root = NewTree(s.Leaves).Root()
+		s.Signature[0], s.Signature[63] = 0xab, 0x01
+		got, err := s.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := statementFile{Format: statementFormat, Lottery: hex.EncodeToString(s.Lottery[:]), Agencies: s.Agencies,
+			Root: hex.EncodeToString(s.Root[:]), Signature: hex.EncodeToString(s.Signature[:]), Leaves: make([]leafFile, n)}
+		for i, l := range s.Leaves {
+			f.Leaves[i] = leafFile{Agency: l.Agency, Bets: l.Bets, Chain: hex.EncodeToString(l.Chain[:])}
+		}
+		want, err := json.MarshalIndent(f, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%d leaves: got\n%s\nwant\n%s", n, got, want)
+		}
+	}
+}
+
+func BenchmarkStatement10k(b *testing.B) {
+	s := Statement{Commitment: Commitment{Agencies: 10_000}, Leaves: make([]Leaf, 10_000)}
+	for i := range s.Leaves {
+		s.Leaves[i] = Leaf{Agency: uint32(i + 1), Bets: 100, Chain: sha256.Sum256([]byte(strconv.Itoa(i)))}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.MarshalJSON(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
