@@ -140,6 +140,7 @@ func BenchmarkUpload(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			b.ReportAllocs() // the server runs in this process: its allocations count too
 			b.StopTimer()
 			for i := 0; i < b.N; i++ {
 				rs := startServer(b, eventserver.Config{Agencies: 1, Logger: quiet}, ks)

@@ -542,7 +542,8 @@ type batchBuffers struct {
 // batch is one BETS frame ready to send, and the batcher after it.
 type batch struct {
 	first uint64
-	bets  []frame.Bet
+	count int         // bets in the batch
+	bets  []frame.Bet // kept until the ACK only to log each bet (LogEachBet)
 	wire  []byte
 	after Checkpoint
 	read  float64 // the source's Progress once the batch was read
@@ -550,10 +551,21 @@ type batch struct {
 	last  bool // the source is exhausted; no bets
 }
 
+// recycle hands a batch's buffers back to the producer, when it has room
+// for them, so that reading ahead reuses a few buffers instead of making
+// new ones.
+func recycle(free chan<- batchBuffers, b *batch) {
+	select {
+	case free <- batchBuffers{bets: b.bets[:0], wire: b.wire[:0]}:
+	default:
+	}
+	b.bets, b.wire = nil, nil
+}
+
 // produce reads and encodes batches ahead of the sender, so reading the
 // file, sending and waiting for ACKs overlap. It owns the batcher until it
 // returns.
-func (c *client) produce(out chan<- batch, free <-chan batchBuffers, stop <-chan struct{}) {
+func (c *client) produce(out chan<- batch, free <-chan batchBuffers, stop <-chan struct{}, frameCap int) {
 	defer close(out)
 	for {
 		var reuse batchBuffers
@@ -562,8 +574,11 @@ func (c *client) produce(out chan<- batch, free <-chan batchBuffers, stop <-chan
 		default:
 		}
 		first, bets, err := c.batcher.NextInto(reuse.bets)
-		b := batch{first: first, bets: bets, err: err, last: err == nil && len(bets) == 0}
+		b := batch{first: first, count: len(bets), bets: bets, err: err, last: err == nil && len(bets) == 0}
 		if err == nil && len(bets) > 0 {
+			if reuse.wire == nil {
+				reuse.wire = make([]byte, 0, frameCap) // sized once: growing it faulted in fresh pages batch after batch
+			}
 			b.wire, b.err = frame.Append(reuse.wire[:0], &frame.Bets{First: first, Bets: bets})
 			b.after = c.batcher.Checkpoint()
 			b.read = c.src.Progress() // here: the source is this goroutine's
@@ -587,7 +602,7 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 	batches := make(chan batch, window)
 	free := make(chan batchBuffers, window+1)
 	stop := make(chan struct{})
-	go c.produce(batches, free, stop)
+	go c.produce(batches, free, stop, int(w.MaxFrame))
 	defer func() {
 		close(stop)
 		for range batches { // wait for the producer to let go of the batcher
@@ -612,7 +627,9 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 					break
 				}
 				k.out = append(k.out, b.wire...)
-				b.wire = b.wire[:0] // copied: ready for another batch once ACKed
+				if !c.cfg.LogEachBet {
+					recycle(free, &b) // copied: nothing needs its buffers until the ACK
+				}
 				inflight = append(inflight, b)
 				if len(inflight) >= window {
 					break
@@ -641,12 +658,8 @@ func (c *client) upload(k *conn, w *frame.Welcome) error {
 				c.keep(inflight)
 				return err
 			}
-			if len(inflight) < before { // the oldest was ACKed: its buffers go back to the producer
-				select {
-				case free <- batchBuffers{bets: done[0].bets[:0], wire: done[0].wire[:0]}:
-				default:
-				}
-				done[0].bets, done[0].wire = nil, nil
+			if len(inflight) < before && done[0].bets != nil { // the oldest was ACKed and logged
+				recycle(free, &done[0])
 			}
 			if len(inflight) > 0 {
 				k.expect(c.cfg.IOTimeout)
@@ -718,14 +731,14 @@ func (c *client) onAnswer(k *conn, m inbound, inflight *[]batch) error {
 			return fmt.Errorf("%w: ACK for bets %d+%d with nothing in flight", ErrProtocol, f.First, f.Count)
 		}
 		b := (*inflight)[0]
-		if f.First != b.first || int(f.Count) != len(b.bets) {
-			return fmt.Errorf("%w: ACK for bets %d+%d, oldest sent is %d+%d", ErrProtocol, f.First, f.Count, b.first, len(b.bets))
+		if f.First != b.first || int(f.Count) != b.count {
+			return fmt.Errorf("%w: ACK for bets %d+%d, oldest sent is %d+%d", ErrProtocol, f.First, f.Count, b.first, b.count)
 		}
 		if err := c.checkAck(f, *inflight); err != nil {
 			return err
 		}
 		*inflight = (*inflight)[1:]
-		end := b.first + uint64(len(b.bets))
+		end := b.first + uint64(b.count)
 		if end > c.acked {
 			c.acked, c.progress = end, true
 		}
@@ -745,7 +758,7 @@ func (c *client) onAnswer(k *conn, m inbound, inflight *[]batch) error {
 		}
 		n := 0
 		if len(*inflight) > 0 {
-			n = len((*inflight)[0].bets)
+			n = (*inflight)[0].count
 		}
 		c.log.Log(level, "apuesta_enviada", logging.Fail, zap.Int("cantidad", n),
 			zap.Stringer("code", f.Code), zap.Uint64("index", f.Index), zap.String("reason", f.Reason))
