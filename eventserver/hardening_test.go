@@ -581,3 +581,29 @@ func TestFeedWakesWhatWasParkedWhileItWasAway(t *testing.T) {
 		t.Fatalf("parked connections woken %d and %d times with the budget no longer full, want both", x.woken.Load(), y.woken.Load())
 	}
 }
+
+// TestDeliverWakesOncePerMailbox: events delivered before the event loop
+// takes the mailbox share one wake, and the next event after it took them
+// wakes the loop again.
+func TestDeliverWakesOncePerMailbox(t *testing.T) {
+	w := &wakeCounter{}
+	cs := &conn{c: w}
+	for range 3 {
+		cs.Deliver(Stored{})
+	}
+	if got := w.woken.Load(); got != 1 {
+		t.Fatalf("3 events delivered before the loop ran: %d wakes, want 1", got)
+	}
+	if got := len(cs.takeMailbox()); got != 3 {
+		t.Fatalf("the loop took %d events, want 3", got)
+	}
+	cs.Deliver(Stored{})
+	if got := w.woken.Load(); got != 2 {
+		t.Fatalf("an event after the loop took the mailbox: %d wakes in all, want 2", got)
+	}
+	cs.closed.Store(true)
+	cs.Deliver(Stored{})
+	if got, left := w.woken.Load(), len(cs.takeMailbox()); got != 2 || left != 1 {
+		t.Fatalf("an event for a closed connection: %d wakes, %d events queued; want 2 and only the earlier one", got, left)
+	}
+}

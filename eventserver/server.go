@@ -743,15 +743,22 @@ type conn struct {
 }
 
 // Deliver queues ev for the session and wakes the connection's event loop,
-// which runs it in OnTraffic. Safe from any goroutine.
+// which runs it in OnTraffic. Safe from any goroutine. Events that arrive
+// before the loop has taken the mailbox ride on the wake already on its
+// way: a group commit answering many batches of one agency costs one gnet
+// task and callback instead of one per batch, all but the first of which
+// found the mailbox already emptied.
 func (cs *conn) Deliver(ev Event) {
 	if cs.closed.Load() {
 		return
 	}
 	cs.mu.Lock()
+	wake := len(cs.mailbox) == 0
 	cs.mailbox = append(cs.mailbox, ev)
 	cs.mu.Unlock()
-	_ = cs.c.Wake(nil)
+	if wake {
+		_ = cs.c.Wake(nil)
+	}
 }
 
 func (cs *conn) takeMailbox() []Event {
