@@ -485,6 +485,8 @@ func (s *Session) stored(r persist.Result) Output {
 		answer = s.finished(req, r)
 	} else {
 		answer = s.batchStored(req, r)
+		frame.RecycleBets(req.Bets) // the store called Done: it is through with them, and so is this session
+		req.Bets = nil
 	}
 	if answer.Close {
 		return answer

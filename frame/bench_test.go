@@ -45,6 +45,22 @@ func BenchmarkDecodeBets100(b *testing.B) {
 	}
 }
 
+// BenchmarkDecodeBets100Recycled decodes as the server does, handing each
+// batch's bets back once stored: what is left per frame is its text.
+func BenchmarkDecodeBets100Recycled(b *testing.B) {
+	src := &replaySource{b: mustEncode(b, &frame.Bets{First: 1000, Bets: realisticBets(100)})}
+	dec := &frame.Decoder{Today: fixedToday}
+	b.SetBytes(int64(len(src.b)))
+	b.ReportAllocs()
+	for b.Loop() {
+		f, err := dec.Next(src)
+		if err != nil || len(f.(*frame.Bets).Bets) != 100 {
+			b.Fatalf("Next = %v, %v", f, err)
+		}
+		frame.RecycleBets(f.(*frame.Bets).Bets)
+	}
+}
+
 func BenchmarkDecodeBets100DefaultToday(b *testing.B) {
 	src := &replaySource{b: mustEncode(b, &frame.Bets{First: 1000, Bets: realisticBets(100)})}
 	dec := &frame.Decoder{}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -88,7 +89,7 @@ func parseBets(r *reader, today Date) (Frame, error) {
 	// One string holds every text field of the batch: one allocation per frame.
 	text := string(r.buf[r.off:])
 	base := r.off
-	f.Bets = make([]Bet, count)
+	f.Bets = takeBets(count)
 	for i := range f.Bets {
 		b := &f.Bets[i]
 		b.FirstName = r.shortIn(text, base)
@@ -113,6 +114,40 @@ func parseBets(r *reader, today Date) (Frame, error) {
 		}
 	}
 	return f, nil
+}
+
+// betSlices holds the bet slices of BETS frames handed back with
+// RecycleBets: a server decodes thousands of batches a second, each of
+// which would otherwise be a fresh 5 KiB for the garbage collector.
+var betSlices sync.Pool // *[]Bet, cleared
+
+// takeBets returns n cleared bets, from the pool when its next slice has
+// room for them: batches of one stream are all the same size but the last.
+func takeBets(n int) []Bet {
+	if p, ok := betSlices.Get().(*[]Bet); ok {
+		if cap(*p) >= n {
+			return (*p)[:n]
+		}
+		betSlices.Put(p)
+	}
+	return make([]Bet, n)
+}
+
+// minPooledBets and maxPooledBets bound the slices kept: tiny ones would
+// only be put back by takeBets, and the pool keeps no outsized frame.
+const minPooledBets, maxPooledBets = 16, 512
+
+// RecycleBets hands back the Bets of a frame this package decoded, for a
+// later decode to reuse. The caller, and anyone it gave them to, must be
+// done with them: nothing may read them afterwards. The strings the bets
+// held are let go.
+func RecycleBets(bets []Bet) {
+	if cap(bets) < minPooledBets || cap(bets) > maxPooledBets {
+		return
+	}
+	bets = bets[:cap(bets)]
+	clear(bets)
+	betSlices.Put(&bets)
 }
 
 func parseWinners(r *reader) (Frame, error) {

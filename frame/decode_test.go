@@ -414,3 +414,28 @@ func TestNewReaderHoldsMaxFrame(t *testing.T) {
 	}
 	var _ frame.Source = (*bufio.Reader)(nil)
 }
+
+// TestRecycledBetsAreClearedAndDecodesStayExact: bets handed back let go of
+// their strings at once, and decodes after it, into recycled slices or not
+// (a batch longer than any kept), give exactly the bets sent.
+func TestRecycledBetsAreClearedAndDecodesStayExact(t *testing.T) {
+	dec := &frame.Decoder{Today: fixedToday}
+	all := realisticBets(400)
+	for round, n := range []int{100, 100, 37, 100, 200, 100} {
+		want := all[round*20 : round*20+n]
+		f, err := dec.Next(&replaySource{b: mustEncode(t, &frame.Bets{First: uint64(round), Bets: want})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := f.(*frame.Bets).Bets
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("round %d: decoded bets differ from the %d sent", round, n)
+		}
+		frame.RecycleBets(got)
+		for i := range got[:cap(got)] {
+			if got[:cap(got)][i] != (frame.Bet{}) {
+				t.Fatalf("round %d: bet %d still held after RecycleBets: %+v", round, i, got[i])
+			}
+		}
+	}
+}
