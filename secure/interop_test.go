@@ -161,7 +161,7 @@ func TestTransportIsNoise(t *testing.T) {
 	}
 }
 
-// TestDHMatchesNoise checks the ecdh-based DH against noise's DH25519, and
+// TestDHMatchesNoise checks our DH (x25519 and the remembered static DH) against noise's DH25519, and
 // that a low-order public key fails, as Noise wants, instead of yielding
 // an all-zero secret.
 func TestDHMatchesNoise(t *testing.T) {
