@@ -24,9 +24,10 @@ func x25519Public(scalar []byte) []byte {
 	return new(edwards25519.Point).ScalarBaseMult(s).BytesMontgomery()
 }
 
-// x25519 is RFC 7748's X25519(scalar, point), on raw bytes: crypto/ecdh only
-// takes a private key it first multiplies by the base point, one ladder more
-// per DH than the handshake needs. It runs in constant time in the scalar.
+// x25519 is RFC 7748's X25519(scalar, point) on raw bytes: crypto/ecdh
+// derives the public key of each private key it is given with a ladder of
+// its own, which would undo x25519Public's saving. It runs in constant time
+// in the scalar.
 func x25519(scalar, point []byte) ([]byte, error) {
 	var k [KeySize]byte
 	copy(k[:], scalar)
