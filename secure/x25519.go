@@ -29,6 +29,9 @@ func x25519Public(scalar []byte) []byte {
 // its own, which would undo x25519Public's saving. It runs in constant time
 // in the scalar.
 func x25519(scalar, point []byte) ([]byte, error) {
+	if len(scalar) != KeySize {
+		return nil, errors.New("secure: X25519 scalar is not 32 bytes")
+	}
 	var k [KeySize]byte
 	copy(k[:], scalar)
 	k[0] &= 248

@@ -168,3 +168,17 @@ func BenchmarkX25519(b *testing.B) {
 		}
 	})
 }
+
+// TestX25519RefusesBadLengths checks that a scalar or point of any length
+// but 32 bytes is an error, not silently padded or cut.
+func TestX25519RefusesBadLengths(t *testing.T) {
+	good := x25519Public(bytes.Repeat([]byte{5}, KeySize))
+	for _, n := range []int{0, 31, 33} {
+		if _, err := x25519(make([]byte, n), good); err == nil {
+			t.Errorf("a %d-byte scalar was accepted", n)
+		}
+		if _, err := x25519(good, make([]byte, n)); err == nil {
+			t.Errorf("a %d-byte point was accepted", n)
+		}
+	}
+}
