@@ -45,8 +45,8 @@ type ClientConn struct {
 
 // Identity is an agency's static key made ready for handshakes: its public
 // half is derived once and its DH with each server key it meets is kept, so
-// a reconnect costs three ladders and one fixed-base multiplication instead
-// of five ladders. It is safe for concurrent use.
+// a reconnect costs four X25519 operations instead of five. It is safe for
+// concurrent use.
 type Identity struct {
 	static  staticKey
 	dhs     staticDHs

@@ -31,18 +31,18 @@ func handshakeConfig(s staticKey, known *staticDHs, rand io.Reader) noise.Config
 	}
 }
 
-// dh25519 is Noise's DH25519 with three savings over noise.DH25519: the
-// ephemeral public key comes from the fixed-base table, each DH is one
-// ladder on the raw key (x25519), and the static-static DH is remembered.
+// dh25519 is Noise's DH25519 with two savings over noise.DH25519: each
+// operation is CIRCL's X25519 on the raw key (scalarMult, x25519Public), and
+// the static-static DH is remembered.
 type dh25519 struct {
 	static staticKey
 	known  *staticDHs
 }
 
 // staticDHs remembers the server static key's DH with each agency's static
-// key: it never changes, and saves one of a handshake's four scalar
-// multiplications. Only keys the lookup knows are kept, so a peer sending
-// made-up keys cannot grow it.
+// key: it never changes, and saves one of a handshake's five X25519
+// operations. Only keys the lookup knows are kept, so a peer sending made-up
+// keys cannot grow it.
 type staticDHs struct {
 	known func(pub []byte) bool
 	m     sync.Map // [KeySize]byte → []byte
@@ -70,7 +70,7 @@ func (d *dh25519) DH(priv, pub []byte) ([]byte, error) {
 			return append([]byte(nil), v.([]byte)...), nil
 		}
 	}
-	out, err := x25519(priv, pub)
+	out, err := scalarMult(priv, pub)
 	if err == nil && static && d.known.known(pub) {
 		d.known.m.Store(id, append([]byte(nil), out...))
 	}

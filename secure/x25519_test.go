@@ -30,7 +30,7 @@ func TestX25519Vectors(t *testing.T) {
 			"e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
 			"95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957"},
 	} {
-		got, err := x25519(unhex(t, v.scalar), unhex(t, v.point))
+		got, err := scalarMult(unhex(t, v.scalar), unhex(t, v.point))
 		if err != nil || hex.EncodeToString(got) != v.want {
 			t.Errorf("X25519(%s…) = %x, %v; want %s", v.scalar[:8], got, err, v.want)
 		}
@@ -40,7 +40,7 @@ func TestX25519Vectors(t *testing.T) {
 	k[0] = 9
 	u := bytes.Clone(k)
 	for i := 1; i <= 1000; i++ {
-		next, err := x25519(k, u)
+		next, err := scalarMult(k, u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,8 +60,8 @@ func TestX25519Vectors(t *testing.T) {
 		hex.EncodeToString(bobPub) != "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f" {
 		t.Errorf("public keys %x, %x differ from RFC 7748's", alicePub, bobPub)
 	}
-	ab, err1 := x25519(alice, bobPub)
-	ba, err2 := x25519(bob, alicePub)
+	ab, err1 := scalarMult(alice, bobPub)
+	ba, err2 := scalarMult(bob, alicePub)
 	const shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
 	if err1 != nil || err2 != nil || hex.EncodeToString(ab) != shared || hex.EncodeToString(ba) != shared {
 		t.Errorf("shared secrets %x, %x (%v, %v), want %s", ab, ba, err1, err2, shared)
@@ -99,7 +99,7 @@ func TestX25519MatchesECDH(t *testing.T) {
 			t.Fatal(err)
 		}
 		want, wantErr := priv.ECDH(pub)
-		got, err := x25519(scalar, point)
+		got, err := scalarMult(scalar, point)
 		if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
 			t.Fatalf("case %d: X25519(%x, %x) = %x, %v; crypto/ecdh %x, %v", i, scalar, point, got, err, want, wantErr)
 		}
@@ -119,13 +119,13 @@ func TestX25519LowOrder(t *testing.T) {
 		"edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
 		"eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
 	} {
-		if out, err := x25519(scalar, unhex(t, u)); !errors.Is(err, errLowOrder) {
+		if out, err := scalarMult(scalar, unhex(t, u)); !errors.Is(err, errLowOrder) {
 			t.Errorf("X25519 with low-order u %s… = %x, %v; want errLowOrder", u[:8], out, err)
 		}
 	}
 }
 
-// FuzzX25519 compares x25519 with crypto/ecdh on any scalar and point.
+// FuzzX25519 compares scalarMult and x25519Public with crypto/ecdh on any scalar and point.
 func FuzzX25519(f *testing.F) {
 	f.Add(make([]byte, KeySize), make([]byte, KeySize))
 	f.Add(bytes.Repeat([]byte{0xff}, KeySize), bytes.Repeat([]byte{0xff}, KeySize))
@@ -145,7 +145,7 @@ func FuzzX25519(f *testing.F) {
 			t.Fatal(err)
 		}
 		want, wantErr := priv.ECDH(pub)
-		got, err := x25519(scalar, point)
+		got, err := scalarMult(scalar, point)
 		if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
 			t.Fatalf("X25519 = %x, %v; crypto/ecdh %x, %v", got, err, want, wantErr)
 		}
@@ -155,9 +155,9 @@ func FuzzX25519(f *testing.F) {
 func BenchmarkX25519(b *testing.B) {
 	scalar := bytes.Repeat([]byte{7}, KeySize)
 	point := x25519Public(bytes.Repeat([]byte{3}, KeySize))
-	b.Run("ladder", func(b *testing.B) {
+	b.Run("shared", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := x25519(scalar, point); err != nil {
+			if _, err := scalarMult(scalar, point); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -174,10 +174,10 @@ func BenchmarkX25519(b *testing.B) {
 func TestX25519RefusesBadLengths(t *testing.T) {
 	good := x25519Public(bytes.Repeat([]byte{5}, KeySize))
 	for _, n := range []int{0, 31, 33} {
-		if _, err := x25519(make([]byte, n), good); err == nil {
+		if _, err := scalarMult(make([]byte, n), good); err == nil {
 			t.Errorf("a %d-byte scalar was accepted", n)
 		}
-		if _, err := x25519(good, make([]byte, n)); err == nil {
+		if _, err := scalarMult(good, make([]byte, n)); err == nil {
 			t.Errorf("a %d-byte point was accepted", n)
 		}
 	}
