@@ -189,6 +189,7 @@ type Ratio struct {
 	Security          string  `json:"security"`
 	CeilingBetsPerSec float64 `json:"ceiling_bets_per_sec,omitempty"`
 	BetsPerSec        float64 `json:"gnet_over_stdlib_bets_per_sec,omitempty"`
+	BetsPerSecRounds  Spread  `json:"gnet_over_stdlib_bets_per_sec_per_round,omitzero"`
 	AckP99            float64 `json:"gnet_over_stdlib_ack_p99,omitempty"`
 	DrawToLastWinners float64 `json:"gnet_over_stdlib_draw_to_last_winners,omitempty"`
 	PeakRSS           float64 `json:"gnet_over_stdlib_peak_rss,omitempty"`
@@ -198,6 +199,45 @@ type Ratio struct {
 	StdlibOverCeiling float64 `json:"stdlib_over_ceiling_bets_per_sec,omitempty"`
 }
 
+// Spread is the lowest and highest of a comparison's per-round ratios:
+// with --repeat every round runs each variant once, so the ratio of the two
+// runs of one round shows how far the VM's noise moves it. Zero when the
+// run was not repeated.
+type Spread struct {
+	Low  float64 `json:"low,omitempty"`
+	High float64 `json:"high,omitempty"`
+}
+
+// roundSpread is the Spread of a[i]/b[i], the repetitions of two variants
+// in round order.
+func roundSpread(a, b []float64) Spread {
+	if len(a) < 2 || len(a) != len(b) {
+		return Spread{}
+	}
+	var sp Spread
+	for i := range a {
+		r := ratio(a[i], b[i])
+		if r <= 0 {
+			return Spread{}
+		}
+		if i == 0 || r < sp.Low {
+			sp.Low = r
+		}
+		if i == 0 || r > sp.High {
+			sp.High = r
+		}
+	}
+	return sp
+}
+
+// format is " (per round LOW–HIGH)" at the given precision, or nothing.
+func (sp Spread) format(prec int) string {
+	if sp.High <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (per round %.*f–%.*f)", prec, sp.Low, prec, sp.High)
+}
+
 // EncryptionCost compares one server secured and --insecure at one K.
 type EncryptionCost struct {
 	Impl                 string  `json:"impl"`
@@ -205,6 +245,7 @@ type EncryptionCost struct {
 	SecureBetsPerSec     float64 `json:"secure_bets_per_sec"`
 	InsecureBetsPerSec   float64 `json:"insecure_bets_per_sec"`
 	Ratio                float64 `json:"secure_over_insecure_bets_per_sec"`
+	RatioRounds          Spread  `json:"secure_over_insecure_bets_per_sec_per_round,omitzero"`
 	SecureCPUPerM        float64 `json:"secure_server_cpu_sec_per_million_bets"`
 	InsecureCPUPerM      float64 `json:"insecure_server_cpu_sec_per_million_bets"`
 	SecureHandshakes     float64 `json:"secure_handshakes_per_sec"`
@@ -220,6 +261,7 @@ type MetricsCost struct {
 	OffBetsPerSec     float64 `json:"off_bets_per_sec"`
 	OnBetsPerSec      float64 `json:"on_bets_per_sec"`
 	Ratio             float64 `json:"on_over_off_bets_per_sec"`
+	RatioRounds       Spread  `json:"on_over_off_bets_per_sec_per_round,omitzero"`
 	OffCPUPerM        float64 `json:"off_server_cpu_sec_per_million_bets"`
 	OnCPUPerM         float64 `json:"on_server_cpu_sec_per_million_bets"`
 	ScrapedBetsStored float64 `json:"scraped_bets_stored"`
@@ -235,6 +277,7 @@ type LoggingCost struct {
 	BetsPerSec      float64 `json:"bets_per_sec"` // at Level
 	OtherBetsPerSec float64 `json:"other_bets_per_sec"`
 	Ratio           float64 `json:"level_over_other_bets_per_sec"`
+	RatioRounds     Spread  `json:"level_over_other_bets_per_sec_per_round,omitzero"`
 	CPUPerM         float64 `json:"server_cpu_sec_per_million_bets"`
 	OtherCPUPerM    float64 `json:"other_server_cpu_sec_per_million_bets"`
 }
@@ -354,6 +397,7 @@ func computeRatios(runs []RunResult, limits *Limits) []Ratio {
 		}
 		if gok && sok {
 			x.BetsPerSec = ratio(g.BetsPerSec, s.BetsPerSec)
+			x.BetsPerSecRounds = roundSpread(g.RepeatBetsPerSec, s.RepeatBetsPerSec)
 			x.AckP99 = ratio(g.AckP99Ms, s.AckP99Ms)
 			x.DrawToLastWinners = ratio(g.DrawToLastWinnersMs, s.DrawToLastWinnersMs)
 			x.PeakRSS = ratio(float64(g.ServerPeakRSSBytes), float64(s.ServerPeakRSSBytes))
@@ -377,6 +421,7 @@ func computeEncryption(runs []RunResult) []EncryptionCost {
 			}
 			out = append(out, EncryptionCost{Impl: impl, Agencies: k,
 				SecureBetsPerSec: s.BetsPerSec, InsecureBetsPerSec: p.BetsPerSec, Ratio: ratio(s.BetsPerSec, p.BetsPerSec),
+				RatioRounds:   roundSpread(s.RepeatBetsPerSec, p.RepeatBetsPerSec),
 				SecureCPUPerM: s.CPUSecPerMillionBets, InsecureCPUPerM: p.CPUSecPerMillionBets,
 				SecureHandshakes: s.HandshakesPerSec, InsecureHandshakes: p.HandshakesPerSec,
 				SecureCPUMsPerConn: s.CPUMsPerConnection, InsecureCPUMsPerConn: p.CPUMsPerConnection})
@@ -398,7 +443,7 @@ func computeMetricsCost(runs []RunResult) []MetricsCost {
 				continue
 			}
 			out = append(out, MetricsCost{Agencies: k, Security: sec, OffBetsPerSec: off.BetsPerSec, OnBetsPerSec: on.BetsPerSec,
-				Ratio: ratio(on.BetsPerSec, off.BetsPerSec), OffCPUPerM: off.CPUSecPerMillionBets, OnCPUPerM: on.CPUSecPerMillionBets,
+				Ratio: ratio(on.BetsPerSec, off.BetsPerSec), RatioRounds: roundSpread(on.RepeatBetsPerSec, off.RepeatBetsPerSec), OffCPUPerM: off.CPUSecPerMillionBets, OnCPUPerM: on.CPUSecPerMillionBets,
 				ScrapedBetsStored: on.MetricsBetsStored})
 		}
 	}
@@ -420,7 +465,8 @@ func computeLoggingCost(runs []RunResult) []LoggingCost {
 			}
 			out = append(out, LoggingCost{Agencies: k, Security: other.Security, Level: main.LogLevel, OtherLevel: other.LogLevel,
 				BetsPerSec: main.BetsPerSec, OtherBetsPerSec: other.BetsPerSec, Ratio: ratio(main.BetsPerSec, other.BetsPerSec),
-				CPUPerM: main.CPUSecPerMillionBets, OtherCPUPerM: other.CPUSecPerMillionBets})
+				RatioRounds: roundSpread(main.RepeatBetsPerSec, other.RepeatBetsPerSec),
+				CPUPerM:     main.CPUSecPerMillionBets, OtherCPUPerM: other.CPUSecPerMillionBets})
 		}
 	}
 	return out
@@ -650,25 +696,26 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if len(r.Encryption) > 0 {
 		fmt.Fprintln(&b, "\ncost of encryption (same run):")
 		for _, e := range r.Encryption {
-			fmt.Fprintf(&b, "%s K=%d: secured %s bets/s, insecure %s bets/s, ratio %.2f; CPU s/M bets %.2f vs %.2f; "+
+			fmt.Fprintf(&b, "%s K=%d: secured %s bets/s, insecure %s bets/s, ratio %.2f%s; CPU s/M bets %.2f vs %.2f; "+
 				"handshakes/s %s (HELLOs/s insecure %s); server CPU ms per connection %.3f vs %.3f\n", e.Impl, e.Agencies,
-				group(e.SecureBetsPerSec), group(e.InsecureBetsPerSec), e.Ratio, e.SecureCPUPerM, e.InsecureCPUPerM,
+				group(e.SecureBetsPerSec), group(e.InsecureBetsPerSec), e.Ratio, e.RatioRounds.format(2), e.SecureCPUPerM, e.InsecureCPUPerM,
 				group(e.SecureHandshakes), group(e.InsecureHandshakes), e.SecureCPUMsPerConn, e.InsecureCPUMsPerConn)
 		}
 	}
 	if len(r.Metrics) > 0 {
 		fmt.Fprintln(&b, "\ncost of metrics (gnet, same run):")
 		for _, m := range r.Metrics {
-			fmt.Fprintf(&b, "K=%d %s: off %s bets/s, on %s bets/s, ratio %.3f; CPU s/M bets %.2f vs %.2f; "+
+			fmt.Fprintf(&b, "K=%d %s: off %s bets/s, on %s bets/s, ratio %.3f%s; CPU s/M bets %.2f vs %.2f; "+
 				"lottery_bets_stored_total scraped %s\n", m.Agencies, m.Security, group(m.OffBetsPerSec), group(m.OnBetsPerSec),
-				m.Ratio, m.OffCPUPerM, m.OnCPUPerM, group(m.ScrapedBetsStored))
+				m.Ratio, m.RatioRounds.format(3), m.OffCPUPerM, m.OnCPUPerM, group(m.ScrapedBetsStored))
 		}
 	}
 	if len(r.Logging) > 0 {
 		fmt.Fprintln(&b, "\ncost of logging (gnet, same run):")
 		for _, l := range r.Logging {
-			fmt.Fprintf(&b, "K=%d %s: %s %s bets/s, %s %s bets/s, %s/%s %.3f; CPU s/M bets %.2f vs %.2f\n", l.Agencies, l.Security,
-				l.Level, group(l.BetsPerSec), l.OtherLevel, group(l.OtherBetsPerSec), l.Level, l.OtherLevel, l.Ratio, l.CPUPerM, l.OtherCPUPerM)
+			fmt.Fprintf(&b, "K=%d %s: %s %s bets/s, %s %s bets/s, %s/%s %.3f%s; CPU s/M bets %.2f vs %.2f\n", l.Agencies, l.Security,
+				l.Level, group(l.BetsPerSec), l.OtherLevel, group(l.OtherBetsPerSec), l.Level, l.OtherLevel, l.Ratio, l.RatioRounds.format(3),
+				l.CPUPerM, l.OtherCPUPerM)
 		}
 	}
 	if h := r.Hashing; h != nil {
@@ -700,8 +747,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, x := range r.Ratios {
 		var parts []string
 		if x.BetsPerSec > 0 {
-			parts = append(parts, fmt.Sprintf("gnet/stdlib: bets/s %.2f, ACK p99 %.2f, draw→winners %.2f, peak RSS %.2f, RSS/conn %.2f, CPU/bet %.2f",
-				x.BetsPerSec, x.AckP99, x.DrawToLastWinners, x.PeakRSS, x.RSSPerConn, x.CPUPerBet))
+			parts = append(parts, fmt.Sprintf("gnet/stdlib: bets/s %.2f%s, ACK p99 %.2f, draw→winners %.2f, peak RSS %.2f, RSS/conn %.2f, CPU/bet %.2f",
+				x.BetsPerSec, x.BetsPerSecRounds.format(2), x.AckP99, x.DrawToLastWinners, x.PeakRSS, x.RSSPerConn, x.CPUPerBet))
 		}
 		if x.GnetOverCeiling > 0 {
 			parts = append(parts, fmt.Sprintf("gnet/ceiling %.2f", x.GnetOverCeiling))

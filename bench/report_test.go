@@ -266,6 +266,47 @@ func TestMedianRunsKeepsTheMiddleRepetition(t *testing.T) {
 	}
 }
 
+// TestComparisonsShowTheirPerRoundSpread checks that each comparison of
+// repeated runs reports the lowest and highest ratio of one round's pair,
+// and that the table prints it; unrepeated runs print no spread.
+func TestComparisonsShowTheirPerRoundSpread(t *testing.T) {
+	runs := comparisonRuns()
+	runs[0].RepeatBetsPerSec = []float64{1.8e6, 1.5e6, 2.0e6} // gnet secured, rounds 1-3
+	runs[1].RepeatBetsPerSec = []float64{1.2e6, 1.5e6, 1.0e6} // stdlib secured
+	runs[2].RepeatBetsPerSec = []float64{1.8e6, 1.2e6, 2.0e6} // gnet with metrics
+	runs[3].RepeatBetsPerSec = []float64{2.0e6, 1.5e6, 2.5e6} // gnet at warn
+	runs[4].RepeatBetsPerSec = []float64{2.0e6, 1.5e6, 1.6e6} // gnet insecure
+	enc := computeEncryption(runs)
+	if got, want := enc[0].RatioRounds, (Spread{Low: 0.9, High: 1.25}); math.Abs(got.Low-want.Low) > 1e-9 || math.Abs(got.High-want.High) > 1e-9 {
+		t.Errorf("gnet secured/insecure per round %+v, want %+v", got, want)
+	}
+	if enc[1].RatioRounds != (Spread{}) {
+		t.Errorf("stdlib, not repeated: per round %+v, want none", enc[1].RatioRounds)
+	}
+	if m := computeMetricsCost(runs); math.Abs(m[0].RatioRounds.Low-0.8) > 1e-9 || m[0].RatioRounds.High != 1 {
+		t.Errorf("metrics on/off per round %+v, want 0.8–1", m[0].RatioRounds)
+	}
+	if lc := computeLoggingCost(runs); lc[0].RatioRounds.Low != 0.8 || lc[0].RatioRounds.High != 1 {
+		t.Errorf("info/warn per round %+v, want 0.8–1", lc[0].RatioRounds)
+	}
+	if r := computeRatios(runs, &Limits{}); r[0].BetsPerSecRounds.Low != 1 || r[0].BetsPerSecRounds.High != 2 {
+		t.Errorf("gnet/stdlib per round %+v, want 1–2", r[0].BetsPerSecRounds)
+	}
+	if s := roundSpread([]float64{1, 2}, []float64{1}); s != (Spread{}) {
+		t.Errorf("rounds of different counts paired: %+v", s)
+	}
+	rep := &Report{Runs: runs, Ratios: computeRatios(runs, &Limits{}), Encryption: enc}
+	var buf bytes.Buffer
+	if err := rep.WriteTable(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ratio 0.95 (per round 0.90–1.25)", "gnet/stdlib: bets/s 1.50 (per round 1.00–2.00)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
 func TestTableShowsComparisonsAndTargets(t *testing.T) {
 	r := &Report{Runs: comparisonRuns(), Machine: Machine{CPUs: 2, LoadAvgStart: 1.5, LoadAvgEnd: 2}}
 	r.Ratios = computeRatios(r.Runs, &r.Limits)
