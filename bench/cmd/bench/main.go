@@ -61,7 +61,7 @@ func runBench(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) in
 	compareLog := fs.String("compare-log-level", "", "also run gnet at this log level (e.g. warn) at each K, to measure what its default level's logging costs")
 	stormOn := fs.Bool("storm", true, "after each run, restart the server on its data and reconnect every agency at once")
 	stormConc := fs.Int("storm-concurrency", 512, "connections opened at once in a reconnect storm (the server admits 1024 before HELLO by default)")
-	repeat := fs.Int("repeat", 1, "runs of each server at each K, taking turns; the median by bets/s is reported")
+	repeat := fs.Int("repeat", 1, "runs of each server at each K, taking turns; the median by bets/s is reported, and each comparison's lowest and highest per-round ratio")
 	courseReps := fs.Int("course-reps", 0, "repetitions of the course-shaped end-to-end run (5 real bin/agency processes); 0: none")
 	bigBets := fs.Int("big-bets", 0, "bets of each agency of the two-agency end-to-end run (e.g. 2000000); 0: none")
 	bigReps := fs.Int("big-reps", 1, "repetitions of the two-agency end-to-end run")
