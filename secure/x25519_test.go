@@ -78,31 +78,38 @@ func TestX25519MatchesECDH(t *testing.T) {
 		for j := range KeySize {
 			scalar[j], point[j] = byte(r.Uint32()), byte(r.Uint32())
 		}
-		priv, err := ecdh.X25519().NewPrivateKey(scalar)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := x25519Public(scalar); !bytes.Equal(got, priv.PublicKey().Bytes()) {
-			t.Fatalf("case %d: public key %x, crypto/ecdh says %x", i, got, priv.PublicKey().Bytes())
-		}
 		switch i % 4 {
 		case 0: // a real public key
 			point = x25519Public(point)
 		case 1: // u = p + small, not reduced
 			copy(point, unhex(t, "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"))
 			point[0] += byte(i % 19)
-		case 2:
+		case 2: // the top bit clear (case 3 leaves it as drawn)
 			point[31] &= 0x7f
 		}
-		pub, err := ecdh.X25519().NewPublicKey(point)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, wantErr := priv.ECDH(pub)
-		got, err := scalarMult(scalar, point)
-		if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
-			t.Fatalf("case %d: X25519(%x, %x) = %x, %v; crypto/ecdh %x, %v", i, scalar, point, got, err, want, wantErr)
-		}
+		matchesECDH(t, scalar, point)
+	}
+}
+
+// matchesECDH fails t unless x25519Public(scalar) and scalarMult(scalar,
+// point) give what crypto/ecdh does, errors included.
+func matchesECDH(t *testing.T, scalar, point []byte) {
+	t.Helper()
+	priv, err := ecdh.X25519().NewPrivateKey(scalar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := x25519Public(scalar); !bytes.Equal(got, priv.PublicKey().Bytes()) {
+		t.Fatalf("public key of %x: %x, crypto/ecdh says %x", scalar, got, priv.PublicKey().Bytes())
+	}
+	pub, err := ecdh.X25519().NewPublicKey(point)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, wantErr := priv.ECDH(pub)
+	got, err := scalarMult(scalar, point)
+	if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
+		t.Fatalf("X25519(%x, %x) = %x, %v; crypto/ecdh %x, %v", scalar, point, got, err, want, wantErr)
 	}
 }
 
@@ -125,7 +132,8 @@ func TestX25519LowOrder(t *testing.T) {
 	}
 }
 
-// FuzzX25519 compares scalarMult and x25519Public with crypto/ecdh on any scalar and point.
+// FuzzX25519 compares scalarMult and x25519Public with crypto/ecdh on any
+// scalar and point.
 func FuzzX25519(f *testing.F) {
 	f.Add(make([]byte, KeySize), make([]byte, KeySize))
 	f.Add(bytes.Repeat([]byte{0xff}, KeySize), bytes.Repeat([]byte{0xff}, KeySize))
@@ -133,22 +141,7 @@ func FuzzX25519(f *testing.F) {
 		if len(scalar) != KeySize || len(point) != KeySize {
 			return
 		}
-		priv, err := ecdh.X25519().NewPrivateKey(scalar)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := x25519Public(scalar); !bytes.Equal(got, priv.PublicKey().Bytes()) {
-			t.Fatalf("public key %x, crypto/ecdh says %x", got, priv.PublicKey().Bytes())
-		}
-		pub, err := ecdh.X25519().NewPublicKey(point)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, wantErr := priv.ECDH(pub)
-		got, err := scalarMult(scalar, point)
-		if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
-			t.Fatalf("X25519 = %x, %v; crypto/ecdh %x, %v", got, err, want, wantErr)
-		}
+		matchesECDH(t, scalar, point)
 	})
 }
 
