@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,7 +82,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *zap.Logger) (b
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(log.With(zap.String("component", "metrics_http"))),
+		ErrorLog:          stdlog.New(httpErrorLog{log}, "", 0),
 	}
 	log.Info("metrics_listen", logging.Success, zap.String("address", boundAddr))
 
@@ -117,4 +119,13 @@ func run(ctx context.Context, srv *http.Server, served <-chan error, log *zap.Lo
 	}
 	log.Info("metrics_shutdown", logging.Success)
 	return nil
+}
+
+// httpErrorLog turns net/http's error lines (a bad request it refused, a
+// failed accept) into metrics_http fail lines of the log contract.
+type httpErrorLog struct{ log *zap.Logger }
+
+func (h httpErrorLog) Write(p []byte) (int, error) {
+	h.log.Warn("metrics_http", logging.Fail, zap.String("error", strings.TrimSpace(string(p))))
+	return len(p), nil
 }

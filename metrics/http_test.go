@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -189,5 +190,22 @@ func TestServeListenError(t *testing.T) {
 		if n := logs.FilterMessage("metrics_listen").FilterField(logging.Fail).Len(); n != 1 {
 			t.Errorf("Serve(%q): %d failed metrics_listen lines, want 1", addr, n)
 		}
+	}
+}
+
+// TestHTTPErrorLogKeepsTheLineContract checks that net/http's own error
+// lines become metrics_http fail lines with the error as a field, not
+// lines whose action is free text.
+func TestHTTPErrorLogKeepsTheLineContract(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	l := stdlog.New(httpErrorLog{zap.New(core)}, "", 0)
+	l.Printf("http: Accept error: %v; retrying in %v", errors.New("too many open files"), 5*time.Millisecond)
+	got := logs.AllUntimed()
+	if len(got) != 1 || got[0].Message != "metrics_http" || got[0].Level != zapcore.WarnLevel {
+		t.Fatalf("lines %+v, want one WARN metrics_http", got)
+	}
+	fields := got[0].ContextMap()
+	if fields[logging.ResultKey] != "fail" || fields["error"] != "http: Accept error: too many open files; retrying in 5ms" {
+		t.Errorf("fields %v, want result fail and the error without its newline", fields)
 	}
 }
