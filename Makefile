@@ -31,11 +31,12 @@ lint: ## gofmt check, go vet, staticcheck
 test: lint ## lint, then every test with -race
 	$(GO) test -race -count=1 ./...
 
-fuzz: ## run every decoder fuzzer (frames, handshake, records both ways, CSV rows) and X25519 against crypto/ecdh for FUZZTIME each (default 60s)
+fuzz: ## run every fuzzer (decoders: frames, handshake, records both ways, CSV rows; seal/open round trips; X25519 against crypto/ecdh) for FUZZTIME each (default 60s)
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(or $(FUZZTIME),60s) ./frame
 	$(GO) test -run '^$$' -fuzz FuzzServerConn -fuzztime $(or $(FUZZTIME),60s) -fuzzminimizetime 5s ./secure
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(or $(FUZZTIME),60s) -fuzzminimizetime 5s ./secure
 	$(GO) test -run '^$$' -fuzz FuzzClientConn -fuzztime $(or $(FUZZTIME),60s) -fuzzminimizetime 5s ./secure
+	$(GO) test -run '^$$' -fuzz FuzzRoundTrip -fuzztime $(or $(FUZZTIME),60s) -fuzzminimizetime 5s ./secure
 	$(GO) test -run '^$$' -fuzz FuzzX25519 -fuzztime $(or $(FUZZTIME),60s) ./secure
 	$(GO) test -run '^$$' -fuzz FuzzRowRoundTrip -fuzztime $(or $(FUZZTIME),60s) ./persist/filestore
 
