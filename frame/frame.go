@@ -75,18 +75,18 @@ const (
 	CodeUnknownAgency   Code = 6  // agency id outside 1..N
 	CodeInvalidBet      Code = 7  // a bet failed validation (REJECT)
 	CodeIndexGap        Code = 8  // batch starts after what the server holds (REJECT)
-	CodeAlreadyFinished Code = 9  // bets sent after FINISHED (REJECT), or FINISHED twice (ERROR)
+	CodeAlreadyFinished Code = 9  // bets sent after FINISHED (REJECT)
 	CodeTotalMismatch   Code = 10 // FINISHED total differs from the bets held
 	CodeTimeout         Code = 11 // no complete frame within the read timeout
 	CodeReplaced        Code = 12 // a newer connection took over the agency
 	CodeTooManyConns    Code = 13 // the server is at its connection limit
 	CodeShuttingDown    Code = 14 // the server is draining
 	CodeStorage         Code = 15 // the server could not store the data
-	CodeBusy            Code = 16 // the store queue is full; retry later
+	CodeBusy            Code = 16 // reserved; this server never sends it
 	CodeFlood           Code = 17 // too many unread bytes, or the peer did not read its answers
 	CodeUnknownKey      Code = 18 // the handshake's static key belongs to no agency
 	CodeWrongAgency     Code = 19 // HELLO names another agency than the connection's key
-	CodeSecureRequired  Code = 20 // a plaintext frame other than PING on a secured server
+	CodeSecureRequired  Code = 20 // a plaintext frame other than PING or PONG on a secured server
 	CodeInsecureServer  Code = 21 // a handshake sent to a server running --insecure
 	CodeHandshake       Code = 22 // the handshake failed (e.g. the agency has a wrong server key)
 )
@@ -192,7 +192,7 @@ type Signature [SignatureSize]byte
 type Welcome struct {
 	Held         uint64
 	Finished     bool          // the agency's FINISHED is already on record
-	Window       uint16        // most BETS/FINISHED frames unanswered at once
+	Window       uint16        // most frames unanswered at once: BETS, FINISHED, and PING or QUERY_WINNERS behind them
 	MaxFrame     uint16        // largest frame the server accepts
 	ReadTimeout  time.Duration // millisecond resolution on the wire
 	PingInterval time.Duration // the server PINGs a waiting agency this often
