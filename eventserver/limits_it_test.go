@@ -374,7 +374,8 @@ func TestLimitsMaxFrameReachesAgencies(t *testing.T) {
 // lines, one per code and second with a count, not a line per refusal.
 func TestLimitsRefusalsAreSummarised(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, Config{Agencies: 1, MaxPending: 1, HelloTimeout: 10 * time.Second})
+	errs := &errorsSent{}
+	ts := startServer(t, Config{Agencies: 1, MaxPending: 1, HelloTimeout: 10 * time.Second, Observer: errs})
 	holder := ts.mustDialPlain(t)
 	mustPing(t, holder, "holding the only place")
 
@@ -422,6 +423,10 @@ func TestLimitsRefusalsAreSummarised(t *testing.T) {
 	})
 	if total != burst {
 		t.Errorf("connection_refused lines count %d refusals, want %d", total, burst)
+	}
+	// Every refusal was an ERROR frame sent, refused at open or evicted.
+	if n := errs.count(frame.CodeTooManyConns); n != burst {
+		t.Errorf("the observer saw %d ERROR too_many_connections sent, want %d", n, burst)
 	}
 	if most := int(elapsed/time.Second) + 2; len(lines) > most {
 		t.Errorf("%d connection_refused lines for a burst of %v, want at most one a second (%d)", len(lines), elapsed, most)
@@ -554,3 +559,25 @@ type shareView struct {
 }
 
 func (v *shareView) Window(limit int) int { return min(v.share, limit) }
+
+// errorsSent is an Observer that counts the ERROR frames sent, by code.
+type errorsSent struct {
+	nopObserver
+	mu sync.Mutex
+	n  map[frame.Code]int
+}
+
+func (o *errorsSent) ErrorSent(code frame.Code) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[frame.Code]int{}
+	}
+	o.n[code]++
+}
+
+func (o *errorsSent) count(code frame.Code) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[code]
+}

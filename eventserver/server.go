@@ -308,6 +308,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	refuse := func(code frame.Code, reason string) ([]byte, gnet.Action) {
 		s.refused.add(code)
 		s.obs.ConnectionRefused(code.String())
+		s.obs.ErrorSent(code)
 		b, _ := frame.Encode(&frame.Error{Code: code, Reason: reason})
 		return b, gnet.Close
 	}

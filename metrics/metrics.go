@@ -44,7 +44,6 @@ const (
 	refusedTooManyConns = "too_many_connections"
 	refusedShuttingDown = "shutting_down"
 	refusedUnknownKey   = "unknown_key"
-	refusedPlaintext    = "plaintext"
 	refusedHandshake    = "handshake"
 )
 
@@ -52,7 +51,7 @@ const (
 var (
 	batchResults   = [...]string{batchStored, batchReplay, batchRejected, other}
 	connStates     = [...]string{stateAwaitingHello, stateUploading, stateWaiting, stateWinnersSent}
-	refusalReasons = [...]string{refusedTooManyConns, refusedShuttingDown, refusedUnknownKey, refusedPlaintext, refusedHandshake, other}
+	refusalReasons = [...]string{refusedTooManyConns, refusedShuttingDown, refusedUnknownKey, refusedHandshake, other}
 )
 
 // Histogram buckets: fsyncs from 0.1 ms to seconds, group sizes from one bet
@@ -295,7 +294,8 @@ func stateIndex(s string) int {
 
 // ConnectionRefused counts one connection closed before a session started;
 // reason is "too_many_connections", "shutting_down", "unknown_key",
-// "plaintext", "handshake" or "other", and any other string counts as "other".
+// "handshake" (a failed one, or one sent to an --insecure server) or
+// "other", and any other string counts as "other".
 func (m *Lottery) ConnectionRefused(reason string) {
 	i := len(refusalReasons) - 1 // other
 	switch reason {
@@ -305,10 +305,8 @@ func (m *Lottery) ConnectionRefused(reason string) {
 		i = 1
 	case refusedUnknownKey:
 		i = 2
-	case refusedPlaintext:
-		i = 3
 	case refusedHandshake:
-		i = 4
+		i = 3
 	}
 	m.refused[i].Inc()
 }

@@ -84,9 +84,6 @@ func TestMethodsChangeTheirSeries(t *testing.T) {
 		{"ConnectionRefused unknown key", func(m *Lottery) { m.ConnectionRefused(refusedUnknownKey) }, map[string]float64{
 			`lottery_connections_refused_total{reason="unknown_key"}`: 1,
 		}},
-		{"ConnectionRefused plaintext", func(m *Lottery) { m.ConnectionRefused(refusedPlaintext) }, map[string]float64{
-			`lottery_connections_refused_total{reason="plaintext"}`: 1,
-		}},
 		{"ConnectionRefused handshake", func(m *Lottery) { m.ConnectionRefused(refusedHandshake) }, map[string]float64{
 			`lottery_connections_refused_total{reason="handshake"}`: 1,
 		}},
@@ -155,7 +152,7 @@ func TestSeriesExistFromTheStart(t *testing.T) {
 	for _, s := range []string{"awaiting_hello", "uploading", "waiting", "winners_sent"} {
 		want[fmt.Sprintf("lottery_connections{state=%q}", s)] = 0
 	}
-	for _, r := range []string{"too_many_connections", "shutting_down", "unknown_key", "plaintext", "handshake", "other"} {
+	for _, r := range []string{"too_many_connections", "shutting_down", "unknown_key", "handshake", "other"} {
 		want[fmt.Sprintf("lottery_connections_refused_total{reason=%q}", r)] = 0
 	}
 	for _, r := range []string{"success", "fail"} {
@@ -267,7 +264,7 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 		m.ConnectionMoved("", stateAwaitingHello)
 		m.ConnectionMoved(stateAwaitingHello, stateUploading)
 		m.ConnectionMoved(stateUploading, "")
-		m.ConnectionRefused(refusedPlaintext)
+		m.ConnectionRefused(refusedHandshake)
 		m.ConnectionRefused("unknown")
 		m.Handshake(true, time.Millisecond)
 		m.AgenciesFinished(2)
