@@ -109,7 +109,8 @@ type Server struct {
 	pending  pendingSet
 	idle     chan struct{} // signalled when the last connection closes while draining
 	refused  refusals
-	tick     atomic.Int64 // unix nanoseconds of the last tick, to tell that the loops run
+	tick     atomic.Int64 // unix nanoseconds of the last tick
+	loops    loopWatch    // whether each event loop still runs tasks
 
 	quiet idleTracker    // ticker's loop only: when to give memory back
 	bg    sync.WaitGroup // background work the server waits for before it returns
@@ -157,8 +158,15 @@ func (s *Server) Store() *persist.Store { return s.store }
 // Draining reports whether a shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// LastTick is when the event loops last ticked; a stale tick means they are stuck.
-func (s *Server) LastTick() time.Time { return time.Unix(0, s.tick.Load()) }
+// Stuck is nil while the server's ticker and every event loop that has
+// served a connection have run within limit of now, and otherwise names the
+// one that has not: the liveness check behind /healthz.
+func (s *Server) Stuck(now time.Time, limit time.Duration) error {
+	if since := now.Sub(time.Unix(0, s.tick.Load())); since > limit {
+		return fmt.Errorf("the server's ticker has not run for %v", since.Round(time.Millisecond))
+	}
+	return s.loops.stuck(now, limit)
+}
 
 // Serve runs the event loops until ctx is cancelled or the store fails, then
 // drains: it refuses new connections, lets in-flight batches finish, closes
@@ -316,6 +324,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return refuse(frame.CodeShuttingDown, "server is shutting down; retry later")
 	}
 	now := time.Now()
+	s.loops.see(c.EventLoop(), now)
 	remote := c.RemoteAddr().String()
 	cs := &conn{srv: s, c: c, remote: remote, opened: now, dec: frame.Decoder{MaxSize: s.cfg.MaxFrame}}
 	evicted, ok := s.pending.admit(cs, now, s.cfg.MaxPending, evictAfter(s.cfg.HelloTimeout))
@@ -560,6 +569,7 @@ func (s *Server) unpause(cs *conn) {
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	now := time.Now()
 	s.tick.Store(now.UnixNano())
+	s.loops.probe()
 	s.pmu.Lock()
 	for cs := range s.paused {
 		_ = cs.c.Wake(nil)

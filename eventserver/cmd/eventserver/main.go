@@ -67,10 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 			default:
 				return nil
 			}
-			if since := time.Since(srv.LastTick()); since > 5*time.Second {
-				return fmt.Errorf("event loops have not ticked for %v", since.Round(time.Millisecond))
-			}
-			return nil
+			return srv.Stuck(time.Now(), 5*time.Second)
 		},
 		Ready: func() error { return ready(started.Load()) },
 	}
