@@ -369,3 +369,28 @@ func (a *agencyConn) next(t *testing.T) frame.Frame {
 	}
 	return f
 }
+
+// TestUnreachableDatabaseExitsAtStart runs a server whose --store names a
+// database nobody listens on: it exits 1 with a fail line that names the
+// database, for its supervisor to restart, and never listens.
+func TestUnreachableDatabaseExitsAtStart(t *testing.T) {
+	t.Parallel()
+	c := newInsecureCluster(t, makeFaultData(t, []int{10}, 3))
+	nobody := pickPort(t)
+	p := c.spawnServer("--store", "postgres://loteria@"+nobody+"/lottery?connect_timeout=2")
+	if code := p.Wait(t, hangGuard); code != 1 {
+		t.Fatalf("a server with an unreachable database: exit %d, want 1\n%s", code, proctest.Tail(p.Log, 20))
+	}
+	var named bool
+	for _, action := range []string{"pg_store_open", "server_start"} {
+		for _, l := range proctest.Find(p.Lines(), action, "fail") {
+			named = named || strings.Contains(l.Fields["database"]+l.Fields["error"], nobody)
+		}
+	}
+	if !named {
+		t.Errorf("no fail line names the database at %s:\n%s", nobody, proctest.Tail(p.Log, 20))
+	}
+	if len(proctest.Find(p.Lines(), "listen", "success")) != 0 {
+		t.Error("the server listened without its database")
+	}
+}
