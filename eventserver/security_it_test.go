@@ -316,7 +316,8 @@ func TestSecurityFlippedByte(t *testing.T) {
 
 // TestSecurityKeyRotation: agency-1.pub is replaced and the key store
 // reloaded; the new key, refused before, gets in on new connections and the
-// agency finishes; the old key is refused.
+// agency finishes; the old key is refused on new connections, while one it
+// opened before the reload keeps running.
 func TestSecurityKeyRotation(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{Agencies: 2})
@@ -327,10 +328,18 @@ func TestSecurityKeyRotation(t *testing.T) {
 	}
 	_, err = ts.dialKey(fresh)
 	requireRefused(t, err, frame.CodeUnknownKey)
+	kept, err := ts.dialKey(old) // established before the rotation
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kept.close)
+	mustWrite(t, kept, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, kept)
 
 	ts.keys.rotate(t, 1, fresh)
 	_, err = ts.dialKey(old)
 	requireRefused(t, err, frame.CodeUnknownKey)
+	mustPing(t, kept, "a connection made with the old key runs on until it ends")
 
 	bets := map[uint32][]frame.Bet{1: agencyBets(1, 50), 2: agencyBets(2, 50)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*itGuard)

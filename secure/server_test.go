@@ -2,6 +2,7 @@ package secure
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math"
@@ -488,5 +489,58 @@ func TestStaticDHsRemembersOnlyAgencies(t *testing.T) {
 	_, _ = Client(conn, stranger, fx.server.Public(), 0)
 	if n := count(); n != 1 {
 		t.Fatalf("a stranger's handshake grew the cache to %d", n)
+	}
+}
+
+// TestReplayedReorderedOrDroppedRecord rearranges the transport records of
+// a recorded session: a record sent twice, two records swapped, a record
+// left out. The frames before the change come out as sent and the first
+// record out of place fails to decrypt, since each direction's nonce is a
+// counter the records never carry.
+func TestReplayedReorderedOrDroppedRecord(t *testing.T) {
+	fx, stream, frames := recordedStream(t)
+	if len(frames) < 3 {
+		t.Fatalf("the recorded session has %d frames, want at least 3", len(frames))
+	}
+	hs, rest := stream[:HeaderSize+Handshake1Size], stream[HeaderSize+Handshake1Size:]
+	var recs [][]byte
+	for len(rest) > 0 {
+		n := HeaderSize + int(binary.BigEndian.Uint16(rest[1:3]))
+		recs, rest = append(recs, rest[:n]), rest[n:]
+	}
+	cases := map[string]struct {
+		order []int
+		good  int // frames that must come out before the failure
+	}{
+		"second record replayed": {[]int{0, 1, 1, 2}, 2},
+		"two records swapped":    {[]int{0, 2, 1}, 1},
+		"second record dropped":  {[]int{0, 2}, 1},
+		"first record replayed":  {[]int{0, 0, 1}, 1},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			src := &memSource{}
+			src.Write(hs)
+			for _, i := range c.order {
+				src.Write(recs[i])
+			}
+			sc := NewServerConn(fx.keys, src)
+			sc.rand = seeded(serverSeed)
+			if _, err := sc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := decodeAll(sc)
+			if !errors.Is(err, ErrDecrypt) {
+				t.Errorf("records in order %v: %v, want ErrDecrypt", c.order, err)
+			}
+			if len(got) != c.good {
+				t.Fatalf("%d frames came out before the failure, want %d", len(got), c.good)
+			}
+			for i := range got {
+				if !bytes.Equal(got[i], frames[i]) {
+					t.Errorf("frame %d came out changed", i)
+				}
+			}
+		})
 	}
 }
