@@ -106,6 +106,20 @@ func recordFrames(t testing.TB, frames [][]byte) (*fixture, []byte, [][]byte) {
 	return fx, s.conn.sent.Bytes(), frames
 }
 
+// handshaken is a ServerConn with the recorded session's server ephemeral
+// key that has read stream and answered its handshake.
+func handshaken(t *testing.T, fx *fixture, stream []byte) *ServerConn {
+	t.Helper()
+	src := &memSource{}
+	src.Write(stream)
+	sc := NewServerConn(fx.keys, src)
+	sc.rand = seeded(serverSeed)
+	if _, err := sc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
 // replay feeds stream to a ServerConn with the recorded session's server
 // ephemeral key, in chunks of the sizes next returns, and returns the frames
 // decoded after each chunk.
@@ -335,14 +349,7 @@ func TestTamperedRecord(t *testing.T) {
 			fx, stream, _ := recordedStream(t)
 			stream = bytes.Clone(stream)
 			stream[at] ^= 0x01
-			src := &memSource{}
-			src.Write(stream)
-			sc := NewServerConn(fx.keys, src)
-			sc.rand = seeded(serverSeed)
-			if _, err := sc.Handshake(); err != nil {
-				t.Fatal(err)
-			}
-			_, err := decodeAll(sc)
+			_, err := decodeAll(handshaken(t, fx, stream))
 			if !errors.Is(err, ErrDecrypt) {
 				t.Errorf("flipped bit: %v, want ErrDecrypt", err)
 			}
@@ -519,17 +526,11 @@ func TestReplayedReorderedOrDroppedRecord(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			src := &memSource{}
-			src.Write(hs)
+			rearranged := bytes.Clone(hs)
 			for _, i := range c.order {
-				src.Write(recs[i])
+				rearranged = append(rearranged, recs[i]...)
 			}
-			sc := NewServerConn(fx.keys, src)
-			sc.rand = seeded(serverSeed)
-			if _, err := sc.Handshake(); err != nil {
-				t.Fatal(err)
-			}
-			got, err := decodeAll(sc)
+			got, err := decodeAll(handshaken(t, fx, rearranged))
 			if !errors.Is(err, ErrDecrypt) {
 				t.Errorf("records in order %v: %v, want ErrDecrypt", c.order, err)
 			}
