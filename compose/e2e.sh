@@ -28,7 +28,7 @@
 #     ./script and under sh (no agency key needed);
 #   - make docker-compose-rotate-key gives agency 1 a new key while the server
 #     runs: the server reloads on SIGHUP without a restart and the agency, run
-#     again with its new key, is let in (agency 1's keys are put back after);
+#     again with its new key (make docker-compose-restart SERVICE=client1), is let in (agency 1's keys are put back after);
 #   - docker compose restart server keeps the bets (named volume);
 #   - a crashed server is restarted by Compose (restart: on-failure) with its
 #     bets: `docker kill -s QUIT` makes Go exit 2 (see below for why not
@@ -476,7 +476,10 @@ else
 $(stat -c %a .keys/agency-1.key), keys_reload lines $("$docker" logs server 2>&1 | grep -c 'action: keys_reload'), server started \
 $("$docker" inspect -f '{{.State.StartedAt}}' server) (was $server_started)"
 fi
-compose start client1 >"$work/rotate-client.log" 2>&1 || fail "compose start client1: $(tail -3 "$work/rotate-client.log")"
+# As the README tells a user to: make docker-compose-restart runs the exited agency again.
+"$make_cmd" --no-print-directory docker-compose-restart SERVICE=client1 PROJECT="$project" AGENCIES="$agencies" \
+	DOCKER="$docker" COMPOSE="$compose_bin" >"$work/rotate-client.log" 2>&1 ||
+	fail "make docker-compose-restart SERVICE=client1: $(tail -3 "$work/rotate-client.log")"
 deadline=$(($(date +%s) + 120))
 until [[ $("$docker" inspect -f '{{.State.Status}}' client1 2>/dev/null) == exited ]]; do
 	(($(date +%s) < deadline)) || break
