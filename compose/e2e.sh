@@ -28,7 +28,8 @@
 #     ./script and under sh (no agency key needed);
 #   - make docker-compose-rotate-key gives agency 1 a new key while the server
 #     runs: the server reloads on SIGHUP without a restart and the agency, run
-#     again with its new key (make docker-compose-restart SERVICE=client1), is let in (agency 1's keys are put back after);
+#     again with its new key (make docker-compose-restart SERVICE=client1),
+#     is let in (agency 1's keys are put back after);
 #   - docker compose restart server keeps the bets (named volume);
 #   - a crashed server is restarted by Compose (restart: on-failure) with its
 #     bets: `docker kill -s QUIT` makes Go exit 2 (see below for why not
