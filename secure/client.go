@@ -48,7 +48,7 @@ type ClientConn struct {
 // a reconnect costs four X25519 operations instead of five. It is safe for
 // concurrent use.
 type Identity struct {
-	static  staticKey
+	static  noise.DHKey
 	dhs     staticDHs
 	servers sync.Map // PublicKey → struct{}: server keys this identity dialed
 	count   atomic.Int32
@@ -59,7 +59,7 @@ const maxServerKeys = 8
 
 // NewIdentity prepares key for handshakes.
 func NewIdentity(key PrivateKey) *Identity {
-	id := &Identity{static: newStaticKey(key)}
+	id := &Identity{static: staticPair(key)}
 	id.dhs.known = func(pub []byte) bool {
 		var k PublicKey
 		copy(k[:], pub)
@@ -80,7 +80,7 @@ func (id *Identity) dialing(server PublicKey) {
 // Public is the identity's public key, the one the server must know.
 func (id *Identity) Public() PublicKey {
 	var p PublicKey
-	copy(p[:], id.static.pair.Public)
+	copy(p[:], id.static.Public)
 	return p
 }
 

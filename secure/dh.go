@@ -9,25 +9,21 @@ import (
 	"github.com/flynn/noise"
 )
 
-// staticKey is a static key pair in the form a handshake uses.
-type staticKey struct {
-	pair noise.DHKey
-}
-
-func newStaticKey(k PrivateKey) staticKey {
-	return staticKey{pair: noise.DHKey{Private: append([]byte(nil), k[:]...), Public: x25519Public(k[:])}}
+// staticPair is k with its public half, as a handshake uses them.
+func staticPair(k PrivateKey) noise.DHKey {
+	return noise.DHKey{Private: append([]byte(nil), k[:]...), Public: x25519Public(k[:])}
 }
 
 // handshakeConfig starts a Noise IK configuration for one handshake with
 // static key s and WireGuard's suite, 25519_ChaChaPoly_BLAKE2s; known, when
 // not nil, remembers the static key's DH with the agencies' static keys.
-func handshakeConfig(s staticKey, known *staticDHs, rand io.Reader) noise.Config {
+func handshakeConfig(s noise.DHKey, known *staticDHs, rand io.Reader) noise.Config {
 	return noise.Config{
 		CipherSuite:   noise.NewCipherSuite(&dh25519{static: s, known: known}, noise.CipherChaChaPoly, noise.HashBLAKE2s),
 		Random:        rand,
 		Pattern:       noise.HandshakeIK,
 		Prologue:      []byte(Prologue),
-		StaticKeypair: s.pair,
+		StaticKeypair: s,
 	}
 }
 
@@ -35,7 +31,7 @@ func handshakeConfig(s staticKey, known *staticDHs, rand io.Reader) noise.Config
 // operation is CIRCL's X25519 on the raw key (scalarMult, x25519Public), and
 // the static-static DH is remembered.
 type dh25519 struct {
-	static staticKey
+	static noise.DHKey
 	known  *staticDHs
 }
 
@@ -62,7 +58,7 @@ func (d *dh25519) GenerateKeypair(rand io.Reader) (noise.DHKey, error) {
 // DH fails, as Noise wants, when the result is all zeros: pub is of low order.
 func (d *dh25519) DH(priv, pub []byte) ([]byte, error) {
 	static := d.known != nil && len(pub) == KeySize &&
-		subtle.ConstantTimeCompare(priv, d.static.pair.Private) == 1
+		subtle.ConstantTimeCompare(priv, d.static.Private) == 1
 	var id [KeySize]byte
 	if static {
 		copy(id[:], pub)

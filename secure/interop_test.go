@@ -167,7 +167,7 @@ func TestTransportIsNoise(t *testing.T) {
 func TestDHMatchesNoise(t *testing.T) {
 	a, b := testKey(t, 1), testKey(t, 2)
 	bpub := b.Public()
-	d := &dh25519{static: newStaticKey(a)}
+	d := &dh25519{static: staticPair(a)}
 	for _, priv := range [][]byte{a[:], b[:]} { // the static key, then another
 		ours, err := d.DH(priv, bpub[:])
 		if err != nil {

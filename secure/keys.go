@@ -56,7 +56,7 @@ func GenerateKey(rand io.Reader) (PrivateKey, error) {
 // Public derives the public key of k.
 func (k PrivateKey) Public() PublicKey {
 	var p PublicKey
-	copy(p[:], newStaticKey(k).pair.Public)
+	copy(p[:], x25519Public(k[:]))
 	return p
 }
 

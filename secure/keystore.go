@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+
+	"github.com/flynn/noise"
 )
 
 // KeyStore holds what the server needs for handshakes: its own static key
@@ -16,7 +18,7 @@ import (
 type KeyStore struct {
 	dir      string
 	agencies int
-	static   staticKey // the server's, read-only once opened
+	static   noise.DHKey // the server's, read-only once opened
 	public   PublicKey
 
 	reload sync.Mutex // one Reload at a time
@@ -42,9 +44,9 @@ func OpenKeyStore(dir string, agencies int) (*KeyStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open key store: %w", err)
 	}
-	static := newStaticKey(priv)
+	static := staticPair(priv)
 	s := &KeyStore{dir: dir, agencies: agencies, static: static}
-	copy(s.public[:], static.pair.Public)
+	copy(s.public[:], static.Public)
 	s.dhs.known = func(pub []byte) bool {
 		var k PublicKey
 		copy(k[:], pub)
