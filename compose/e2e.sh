@@ -275,6 +275,14 @@ while :; do
 	sleep 1
 done
 pass "all $agencies agencies exited ($(($(date +%s) - started))s since start)"
+# The server writes its log every 100 ms (logging stays off the event loops),
+# so its last lines of the draw can reach Docker just after the agencies
+# exit: wait for them; the checks below say what is missing if they never come.
+deadline=$(($(date +%s) + 10))
+until (($("$docker" logs server 2>&1 | grep -c 'action: ganadores | result: success') >= agencies)); do
+	(($(date +%s) < deadline)) || break
+	sleep 0.2
+done
 save_logs
 
 # --- What the agencies say ------------------------------------------------------

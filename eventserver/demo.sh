@@ -66,8 +66,16 @@ for i in $(seq 1 "$agencies"); do
 done
 
 echo "== winners"
-grep -h "action: sorteo" "$work/server.log" || true
-root=$(log_field "$work/server.log" sorteo root)
+# The server writes its log every 100 ms (logging stays off the event
+# loops), so its sorteo line may reach the file just after the agencies
+# exit: wait for it rather than read too soon.
+root=""
+for _ in $(seq 1 50); do
+  root=$(log_field "$work/server.log" sorteo root)
+  [ -n "$root" ] && break
+  sleep 0.1
+done
+grep -h "action: sorteo" "$work/server.log" || echo "no sorteo line in the server's log"
 for i in $(seq 1 "$agencies"); do
   grep -h "action: consulta_ganadores | result: success" "$work/agency-$i.log" || echo "agency $i: no winners line"
   got=$(log_field "$work/agency-$i.log" consulta_ganadores root)
