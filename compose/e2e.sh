@@ -154,6 +154,16 @@ restore_key() {
 	[[ $rotated == 1 ]] || return 0
 	cp "$work/agency-1.key.orig" .keys/agency-1.key && cp "$work/agency-1.pub.orig" .keys/agency-1.pub && rotated=0
 }
+# wait_store_opens N waits up to 10 s for the server's Nth store_open line:
+# a running server writes its log every 100 ms, so being healthy can come
+# first; the checks after it say what is missing if the line never comes.
+wait_store_opens() {
+	local deadline=$(($(date +%s) + 10))
+	until (($("$docker" logs server 2>&1 | grep -c 'action: store_open') >= $1)); do
+		(($(date +%s) < deadline)) || return 0
+		sleep 0.2
+	done
+}
 save_logs() {
 	local c
 	for c in server $(seq -f 'client%g' 1 "$agencies"); do
@@ -513,6 +523,7 @@ until [[ $("$docker" inspect -f '{{.State.Health.Status}}' server 2>/dev/null) =
 	(($(date +%s) < deadline)) || abort "the server is not healthy 60s after the restart"
 	sleep 1
 done
+wait_store_opens 2
 "$docker" logs server >"$slog" 2>&1
 want="action: store_open | result: success | dir: /data | committed_bytes: [0-9]+ | bets: $total_rows | agencies_finished: $agencies"
 if [[ $(grep -c 'action: store_open' "$slog") == 2 ]] && grep 'action: store_open' "$slog" | tail -1 | grep -Eq "$(line_re "$want")"; then
@@ -545,6 +556,7 @@ until [[ $("$docker" inspect -f '{{.RestartCount}} {{.State.Health.Status}}' ser
 done
 exits=$("$docker" events --since "$since" --until "$(date +%s)" --filter container=server --filter event=die \
 	--format '{{.Actor.Attributes.exitCode}}' 2>/dev/null | tr '\n' ' ')
+wait_store_opens 3
 "$docker" logs server >"$slog" 2>&1
 if [[ $exits == "2 " ]] && grep -q '^SIGQUIT: quit' "$slog" &&
 	[[ $("$docker" inspect -f '{{.RestartCount}}' server) == "$((restarts + 1))" ]]; then
