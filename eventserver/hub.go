@@ -101,7 +101,7 @@ func (h *Hub) answered() {
 // drawResult is the draw: every agency's winners and the signed commitment
 // over every agency's (bets, chain), fixed before any winner is sent.
 type drawResult struct {
-	winners    map[uint32][]string
+	winners    [][]string // by agency; index 0 unused
 	tree       *receipt.Tree
 	commitment receipt.Commitment
 }
@@ -167,9 +167,10 @@ func (h *Hub) Winners(agency uint32) ([]string, *frame.Commitment, bool) {
 	r := h.result
 	c := &frame.Commitment{Lottery: r.commitment.Lottery, Agencies: r.commitment.Agencies, Root: r.commitment.Root,
 		Signature: r.commitment.Signature}
-	if agency >= 1 && agency <= r.commitment.Agencies {
-		c.Proof = r.tree.Proof(int(agency - 1))
+	if agency < 1 || agency > r.commitment.Agencies {
+		return nil, c, true
 	}
+	c.Proof = r.tree.Proof(int(agency - 1))
 	return r.winners[agency], c, true
 }
 
@@ -243,6 +244,30 @@ func (h *Hub) Peers() []Peer {
 func (h *Hub) Broadcast(ev Event) {
 	for _, p := range h.Peers() {
 		p.Deliver(ev)
+	}
+}
+
+// broadcastDrawn delivers Drawn to every open connection, the agencies' in
+// agency order first, so that the pushes read the commitment's proofs from
+// neighbouring parts of the tree rather than from all over it.
+func (h *Hub) broadcastDrawn() {
+	h.mu.Lock()
+	order := make([]Peer, 0, len(h.peers))
+	agency := make(map[Peer]bool, len(h.byAgency))
+	for a := uint32(1); a <= uint32(h.store.Agencies()); a++ {
+		if p, ok := h.byAgency[a]; ok {
+			order = append(order, p)
+			agency[p] = true
+		}
+	}
+	for p := range h.peers {
+		if !agency[p] {
+			order = append(order, p)
+		}
+	}
+	h.mu.Unlock()
+	for _, p := range order {
+		p.Deliver(Drawn{})
 	}
 }
 
@@ -368,11 +393,17 @@ func (h *Hub) retryDraw() {
 // them to the connections that asked.
 func (h *Hub) draw() error {
 	start := time.Now()
-	winners, err := h.store.Winners()
+	found, err := h.store.Winners()
 	if err != nil {
 		return err
 	}
 	n := h.store.Agencies()
+	winners := make([][]string, n+1)
+	for a, docs := range found {
+		if a >= 1 && int(a) <= n {
+			winners[a] = docs
+		}
+	}
 	leaves := make([]receipt.Leaf, n)
 	var bets uint64
 	for i := range leaves {
@@ -434,7 +465,7 @@ func (h *Hub) draw() error {
 		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
 		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took),
 		zap.String("statement", statementOf))
-	h.Broadcast(Drawn{}) // first: the per-agency lines below must not delay the pushes
+	h.broadcastDrawn() // first: the per-agency lines below must not delay the pushes
 	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {
 		for a := uint32(1); a <= uint32(n); a++ {
 			h.log.Info("ganadores", logging.Success, zap.Uint32("agency", a), zap.Int("cant_ganadores", len(winners[a])))

@@ -483,6 +483,45 @@ func TestHubDrawsOnceWhenAllFinished(t *testing.T) {
 	}
 }
 
+// TestHubPushesInAgencyOrder: the draw wakes the agencies' connections in
+// agency order, whatever order they joined in, then the connections that
+// speak for no agency.
+func TestHubPushesInAgencyOrder(t *testing.T) {
+	st, log, _ := openHubStore(t, t.TempDir(), 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	var mu sync.Mutex
+	var woken []string
+	join := func(name string, agency uint32) {
+		p := newRecPeer(name)
+		p.hook = func(ev Event) {
+			if ev == (Drawn{}) {
+				mu.Lock()
+				woken = append(woken, p.name)
+				mu.Unlock()
+			}
+		}
+		h.Join(p)
+		if agency != 0 && !h.Claim(p, agency) {
+			t.Fatalf("%s could not claim agency %d", name, agency)
+		}
+	}
+	join("no agency", 0)
+	for _, a := range []uint32{3, 1, 2} {
+		join(fmt.Sprintf("agency %d", a), a)
+	}
+	uploader := newRecPeer("uploader")
+	storeLottery(t, h, uploader)
+	if r := submit(t, h, uploader, &persist.Request{Agency: 3, Finish: true, Total: 1}); r.Err != nil {
+		t.Fatalf("agency 3 finish: %v", r.Err)
+	}
+	closeHub(t, h, st)
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"agency 1", "agency 2", "agency 3", "no agency"}; !slices.Equal(woken, want) {
+		t.Errorf("Drawn delivered to %q, want %q", woken, want)
+	}
+}
+
 // TestHubSessionsGetReceiptsAndWinners runs three agencies' sessions over a
 // hub and a real store: the first two get RECEIPT and NOT_READY, then the
 // push; the last gets RECEIPT, COMMITMENT and WINNERS as the answer to its
