@@ -319,6 +319,7 @@ type conn struct {
 	done    chan struct{}
 	wg      sync.WaitGroup
 	timeout time.Duration
+	wait    time.Duration // the last expect's d: how long the peer may stay silent
 	out     []byte
 }
 
@@ -414,6 +415,7 @@ func (k *conn) ask(f frame.Frame, d time.Duration) (frame.Frame, error) {
 
 // expect arms the read deadline: an answer is due within d (0: none is).
 func (k *conn) expect(d time.Duration) {
+	k.wait = d
 	if d <= 0 {
 		k.link.SetReadDeadline(time.Time{})
 		return
@@ -447,6 +449,7 @@ func (k *conn) next() (frame.Frame, error) {
 			if err := k.send(); err != nil {
 				return nil, err
 			}
+			k.expect(k.wait) // the peer is alive: silence is counted from its PING
 			continue
 		}
 		if _, ok := m.f.(*frame.Pong); ok {
@@ -771,6 +774,9 @@ func (c *client) onAnswer(k *conn, m inbound, inflight *[]batch) error {
 // covers Held bets, the end of one of the batches in flight unless a
 // connection the server has not forgotten stored more.
 func (c *client) checkAck(f *frame.Ack, inflight []batch) error {
+	if f.Held < f.First+uint64(f.Count) {
+		return fmt.Errorf("%w: ACK for bets %d+%d says the server holds only %d", ErrProtocol, f.First, f.Count, f.Held)
+	}
 	for _, b := range inflight {
 		if b.after.Index == f.Held {
 			if got := b.after.Chain(); got != f.Chain {
@@ -865,6 +871,9 @@ func (c *client) awaitWinners(k *conn, w *frame.Welcome, reply frame.Frame) erro
 	for {
 		switch r := reply.(type) {
 		case *frame.Commitment:
+			if c.receipt != nil && r.Lottery != c.receipt.Lottery {
+				return fmt.Errorf("%w: the commitment is for lottery %x, the receipt for %x", ErrReceipt, r.Lottery, c.receipt.Lottery)
+			}
 			leaf := receipt.Leaf{Agency: c.cfg.Agency, Bets: c.total, Chain: c.final}
 			if err := receipt.Check(r, leaf, c.cfg.SignPub); err != nil {
 				return fmt.Errorf("%w: the draw's commitment: %w", ErrReceipt, err)

@@ -2,6 +2,7 @@ package agency_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -80,6 +81,56 @@ func TestRunHold(t *testing.T) {
 	}
 	if strings.Contains(out, "apuesta_enviada") {
 		t.Error("apuesta_enviada logged per bet without LogEachBet")
+	}
+}
+
+// A holding agency whose server PINGs it is on a live connection, however
+// long the draw takes: each PING restarts the silence it allows, so the
+// agency never drops the connection to reconnect.
+func TestRunHoldPingsKeepTheConnection(t *testing.T) {
+	noLeaks(t)
+	bets := testBets(10, 10)
+	lot := newFakeLottery(t, 5)
+	const ping, read, pings = 50 * time.Millisecond, 50 * time.Millisecond, 30
+	s := newFakeServer(t, func(p *peer) {
+		if _, ok := expect[*frame.Hello](p); !ok {
+			return
+		}
+		if p.n > 0 { // the agency gave up on the live connection: let it finish, and the test fail
+			p.send(&frame.Welcome{Held: 10, Finished: true, Window: 4, MaxFrame: frame.MaxSize,
+				Chain: receipt.ChainOf(bets), PingInterval: ping, ReadTimeout: read})
+			if _, ok := expect[*frame.QueryWinners](p); ok {
+				p.send(lot.commitment(1, bets), &frame.Winners{Last: true})
+			}
+			return
+		}
+		p.send(&frame.Welcome{Window: 4, MaxFrame: frame.MaxSize, Chain: receipt.Empty(), PingInterval: ping, ReadTimeout: read})
+		b, ok := expect[*frame.Bets](p)
+		if !ok {
+			return
+		}
+		p.send(ack(bets, b.First, len(b.Bets), 10))
+		if _, ok := expect[*frame.Finished](p); !ok {
+			return
+		}
+		p.send(lot.receipt(1, bets), &frame.NotReady{Finished: 1, Agencies: 5})
+		for i := range pings { // the draw comes after 1.5 s, four times the silence the agency allows
+			time.Sleep(ping)
+			if extra, ok := p.fence(fmt.Sprint("hold ", i)); !ok || len(extra) > 0 {
+				return
+			}
+		}
+		p.send(lot.commitment(1, bets), &frame.Winners{Last: true})
+	})
+	// Silence allowed while holding: PingInterval + ReadTimeout + IOTimeout = 350 ms.
+	cfg := agency.Config{Agency: 1, Servers: []string{s.addr()}, IOTimeout: 250 * time.Millisecond,
+		RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond, GiveUp: hangGuard, SignPub: lot.signPub}
+	o := run(t, cfg, agency.NewSliceSource(bets))
+	if o.err != nil {
+		t.Fatalf("Run: %v", o.err)
+	}
+	if n := s.connCount(); n != 1 {
+		t.Errorf("connected %d times while the server PINGed every %v; want 1", n, ping)
 	}
 }
 
@@ -317,6 +368,9 @@ func TestRunAckChecks(t *testing.T) {
 		{"a later batch first", func(b []frame.Bet) []frame.Frame { return []frame.Frame{ack(b, 100, 100, 200)} }, agency.ErrProtocol},
 		{"another count", func(b []frame.Bet) []frame.Frame { return []frame.Frame{ack(b, 0, 99, 99)} }, agency.ErrProtocol},
 		{"twice the same", func(b []frame.Bet) []frame.Frame { return []frame.Frame{ack(b, 0, 100, 100), ack(b, 0, 100, 100)} }, agency.ErrProtocol},
+		{"held short of the batch it acknowledges", func(b []frame.Bet) []frame.Frame {
+			return []frame.Frame{&frame.Ack{First: 0, Count: 100, Held: 40, Chain: receipt.ChainOf(b[:40])}}
+		}, agency.ErrProtocol},
 		{"wrong chain", func(b []frame.Bet) []frame.Frame {
 			return []frame.Frame{&frame.Ack{First: 0, Count: 100, Held: 100, Chain: receipt.ChainOf(other[:100])}}
 		}, agency.ErrChain},
@@ -507,6 +561,11 @@ func TestRunCommitmentChecks(t *testing.T) {
 			c.Agencies = 0
 			return []frame.Frame{c}
 		}, []error{agency.ErrReceipt, receipt.ErrProof}},
+		{"commitment of another lottery", func(lot *fakeLottery, _ *frame.Commitment) []frame.Frame {
+			other := *lot // same signing key, another lottery
+			other.id = sha256.Sum256([]byte("another lottery"))
+			return []frame.Frame{other.commitment(1, bets)}
+		}, []error{agency.ErrReceipt}},
 		{"WINNERS before COMMITMENT", func(*fakeLottery, *frame.Commitment) []frame.Frame {
 			return []frame.Frame{&frame.Winners{Last: true}}
 		}, []error{agency.ErrProtocol}},
