@@ -18,6 +18,9 @@ const (
 // MinDate is the earliest birthdate accepted.
 const MinDate Date = 19000101
 
+// MaxDate is the latest date a Date can hold.
+const MaxDate Date = 99991231
+
 // Sentinel causes carried by a *FieldError; match them with errors.Is.
 var (
 	ErrEmpty   = errors.New("is empty")

@@ -318,7 +318,10 @@ func (s *Store) scan(records []record) (*scanned, error) {
 		return nil, fmt.Errorf("read bets: %w", err)
 	}
 	rr := rowReader{br: bufio.NewReaderSize(s.bets, 256<<10), line: 1}
-	today := frame.Today()
+	// A row's birthdate was checked against the day it arrived. Checked
+	// against today, a clock set back since (NTP, a restored VM) would turn
+	// an acknowledged bet into a bad row and keep the server from starting.
+	today := frame.MaxDate
 	var total, vouched uint64 // rows read; rows the journal vouches for at the next record
 	lastHeld := make([]uint64, s.opts.Agencies)
 	next := 0

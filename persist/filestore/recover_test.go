@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -271,6 +272,25 @@ func TestOpenLocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkState(t, open(t, f.dir, testOpts), append(f.rows, tagged(3, persisttest.Bets(3, 4, 2))...), f.finished)
+}
+
+// TestRecoverAfterTheClockWentBack: a bet born "today" by the clock that
+// accepted it is a later day than today once the clock is set back; the
+// store still opens with it, since it was valid when it was acknowledged.
+func TestRecoverAfterTheClockWentBack(t *testing.T) {
+	dir := t.TempDir()
+	bets := persisttest.Bets(1, 0, 3)
+	bets[1].Birthdate = frame.DateOf(time.Now().AddDate(0, 0, 2)) // after today in every time zone
+	w := openWriter(t, dir, testOpts)
+	put(t, w, 1, 0, bets)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, dir, testOpts)
+	st, _ := s.State()
+	if a := st.Agencies[0]; a.Held != 3 || a.Chain.Sum() != receipt.ChainOf(bets) {
+		t.Errorf("agency 1 holds %d bets, chain %x; want 3, %x", a.Held, a.Chain.Sum(), receipt.ChainOf(bets))
+	}
 }
 
 // TestRecoverStarts damages a data dir the way a crash can, or in ways the
