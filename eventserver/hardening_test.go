@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -606,4 +607,93 @@ func TestDeliverWakesOncePerMailbox(t *testing.T) {
 	if got, left := w.woken.Load(), len(cs.takeMailbox()); got != 2 || left != 1 {
 		t.Fatalf("an event for a closed connection: %d wakes, %d events queued; want 2 and only the earlier one", got, left)
 	}
+}
+
+// stallingSync is a store fsync that, once armed, waits until release is
+// closed: a disk that stalls. The test's cleanup releases it.
+func stallingSync(t *testing.T) (storeSync func(*os.File) error, arm func(), release func()) {
+	var armed atomic.Bool
+	released := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(released) }) }
+	t.Cleanup(release)
+	storeSync = func(f *os.File) error {
+		if armed.Load() {
+			<-released
+		}
+		return f.Sync()
+	}
+	return storeSync, func() { armed.Store(true) }, release
+}
+
+// TestDrainingRefusesAnUndecodableHeader: while a session drains (SIGTERM
+// came with a batch of it in flight), a frame header that does not parse
+// ends it with the decode error, as before the drain. The draining session
+// used to drop such a frame without consuming it, and its event loop then
+// decoded the same four bytes forever, serving no other connection.
+func TestDrainingRefusesAnUndecodableHeader(t *testing.T) {
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 1, StoreSync: storeSync, ShutdownGrace: 20 * time.Second}, optInsecure())
+	p := ts.mustDial(t, 1)
+	mustWrite(t, p, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, p)
+	arm()
+	mustWrite(t, p, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
+	for deadline := time.Now().Add(hangGuard); ts.Hub().InFlight() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
+	ts.cancel() // SIGTERM with the batch in flight: the session drains
+	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
+	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
+	// A header of protocol version 0x63.
+	if err := p.sendRaw([]byte{0x63, byte(frame.TypePing), 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if e := expectFrame[*frame.Error](t, p); e.Code != frame.CodeVersion {
+		t.Errorf("ERROR %s (%s), want %s", e.Code, e.Reason, frame.CodeVersion)
+	}
+	if err := ts.Stuck(time.Now(), time.Second); err != nil {
+		t.Errorf("Stuck: %v", err)
+	}
+	release()
+}
+
+// TestStarvedConnectionIsNotCutForAFrameItSent: while the store's budget
+// of requests is spent (a disk stalled for longer than the read timeout)
+// the server reads no connection, so an agency waiting for the draw whose
+// PONG sits unread must not be cut for "no PONG": its timeout is judged once
+// the server reads what it sent.
+func TestStarvedConnectionIsNotCutForAFrameItSent(t *testing.T) {
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1, PingInterval: 300 * time.Millisecond,
+		ReadTimeout: time.Second, HelloTimeout: 4 * time.Second}, optInsecure())
+	waiting := ts.mustDial(t, 2)
+	mustWrite(t, waiting, &frame.Hello{Agency: 2})
+	expectFrame[*frame.Welcome](t, waiting)
+	mustWrite(t, waiting, &frame.Finished{Total: 0})
+	expectFrame[*frame.Receipt](t, waiting)
+	expectFrame[*frame.NotReady](t, waiting)
+
+	arm()
+	up := ts.mustDial(t, 1)
+	mustWrite(t, up, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, up)
+	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: the budget (1) is spent
+
+	f, err := waiting.readWithin(3 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping, ok := f.(*frame.Ping)
+	if !ok {
+		t.Fatalf("want the server's PING, got %s %s", f.Type(), brief(f))
+	}
+	mustWrite(t, waiting, &frame.Pong{Payload: ping.Payload}) // answered at once
+	if f, err := waiting.readWithin(2500 * time.Millisecond); err == nil {
+		t.Fatalf("the waiting agency answered its PING at once, yet got %s %s", f.Type(), brief(f))
+	}
+	release() // the disk recovers
+	mustPing(t, waiting, "still here")
 }

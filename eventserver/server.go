@@ -420,6 +420,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // traffic does OnTraffic's work; what the session sends gathers in cs.out
 // and leaves in one write when it returns.
 func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
+	lateDeadline := false
 	for _, ev := range cs.takeMailbox() {
 		if _, ok := ev.(evict); ok {
 			if act := cs.evict(); act == gnet.Close {
@@ -433,6 +434,9 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 				ev = Flooded{Reason: fmt.Sprintf("did not read %d bytes of answers within %v", c.OutboundBuffered(), s.cfg.ReadTimeout)}
 			case !cs.expired(now):
 				continue // a frame arrived after the sweep saw the deadline pass
+			case c.InboundBuffered() > 0:
+				lateDeadline = true // judged after reading what the peer already sent
+				continue
 			}
 		}
 		if cs.do(cs.sess.Step(ev)) {
@@ -477,6 +481,12 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	}
 	if starved && c.InboundBuffered() > 0 {
 		s.starve(cs)
+	}
+	if lateDeadline && !(starved && c.InboundBuffered() > 0) {
+		cs.rearm(now, received)
+		if cs.expired(now) && cs.do(cs.sess.Step(TimedOut{})) {
+			return gnet.Close
+		}
 	}
 	if unread := c.InboundBuffered(); unread > s.floodLimit(cs) && (cs.sess.Busy() || starved || cs.stalled.Load() != 0) {
 		cs.do(cs.sess.Step(Flooded{Reason: fmt.Sprintf("%d unread bytes piled up while the server was not reading", unread)}))
