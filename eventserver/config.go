@@ -157,7 +157,7 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 	}
 
 	bad := func(name, format string, a ...any) error {
-		return &config.Error{Setting: name, Err: fmt.Errorf(format, a...)}
+		return set.Invalid(name, fmt.Errorf(format, a...))
 	}
 	if _, port, err := net.SplitHostPort(*listen); err != nil {
 		return Config{}, bad("listen", "%q is not host:port: %v", *listen, err)
@@ -165,8 +165,10 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		return Config{}, bad("listen", "port %q is not a number from 0 to 65535", port)
 	}
 	if *metrics != "" {
-		if _, _, err := net.SplitHostPort(*metrics); err != nil {
+		if _, port, err := net.SplitHostPort(*metrics); err != nil {
 			return Config{}, bad("metrics-listen", "%q is not host:port: %v", *metrics, err)
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return Config{}, bad("metrics-listen", "port %q is not a number from 0 to 65535", port)
 		}
 	}
 	switch {
@@ -199,8 +201,13 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		return Config{}, bad("retry-after", "must be positive, got %v", *retry)
 	}
 	if *store != "" {
+		if *rebuild {
+			return Config{}, bad("rebuild-journal", "applies to the file store's journal; PostgreSQL has none (drop --store or --rebuild-journal)")
+		}
 		if _, err := pgstore.ParseURL(*store); err != nil {
-			return Config{}, bad("store", "%v", err)
+			e := set.Invalid("store", err)
+			e.Value = redactURL(e.Value) // the URL may hold a password
+			return Config{}, e
 		}
 	}
 	if _, err := logging.ParseLevel(*level); err != nil {
@@ -275,5 +282,12 @@ func redactURL(s string) string {
 	if err != nil {
 		return "(unparsable URL)"
 	}
+	q := u.Query()
+	for _, k := range []string{"password", "sslpassword"} { // pgx takes both in the query too
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+		}
+	}
+	u.RawQuery = q.Encode()
 	return u.Redacted()
 }

@@ -44,7 +44,8 @@ type Set struct {
 	configFlag string
 	env        map[string][]string
 	keys       map[string][]string
-	sources    map[string]string
+	sources    map[string]string // flag, env or file
+	origins    map[string]string // e.g. "env CLI_ID", for Invalid
 	order      []string
 	ignored    []string
 }
@@ -58,6 +59,7 @@ func New(program, configFlag string, configEnv ...string) *Set {
 		env:        map[string][]string{},
 		keys:       map[string][]string{},
 		sources:    map[string]string{},
+		origins:    map[string]string{},
 	}
 	s.flags.SortFlags = false
 	s.flags.String(configFlag, "", "YAML configuration file (flags and environment override it)")
@@ -157,6 +159,7 @@ func (s *Set) Load(args []string, lookup func(string) (string, bool)) error {
 	for _, name := range s.order {
 		if s.flags.Changed(name) {
 			s.sources[name] = "flag"
+			s.origins[name] = "flag --" + name
 			continue
 		}
 		if err := s.fromEnv(name, lookup); err != nil {
@@ -177,6 +180,7 @@ func (s *Set) Load(args []string, lookup func(string) (string, bool)) error {
 				return &Error{Setting: name, Source: path + " key " + key, Value: v, Err: unwrapFlagErr(err)}
 			}
 			s.sources[name] = "file"
+			s.origins[name] = path + " key " + key
 			break
 		}
 	}
@@ -196,9 +200,23 @@ func (s *Set) fromEnv(name string, lookup func(string) (string, bool)) error {
 			return &Error{Setting: name, Source: "env " + env, Value: v, Err: unwrapFlagErr(err)}
 		}
 		s.sources[name] = "env"
+		s.origins[name] = "env " + env
 		return nil
 	}
 	return nil
+}
+
+// Invalid is the error for a value of the flag named name that parsed but
+// that the program refuses (out of range, say): it names the value and
+// where it came from, unless it is the default.
+func (s *Set) Invalid(name string, err error) *Error {
+	e := &Error{Setting: name, Err: err}
+	if origin, ok := s.origins[name]; ok {
+		e.Source, e.Value = origin, s.flags.Lookup(name).Value.String()
+	} else if s.flags.Changed(name) {
+		e.Source, e.Value = "flag --"+name, s.flags.Lookup(name).Value.String()
+	}
+	return e
 }
 
 // Source says where the flag's value came from: flag, env, file or default.

@@ -44,6 +44,8 @@ func transient(err error) bool {
 			return code != "57P04"
 		case code == "40001" || code == "40P01" || code == "55P03": // serialization failure, deadlock, lock not available
 			return true
+		case code == "57014": // query_canceled: statement_timeout, or an operator's pg_cancel_backend
+			return true
 		}
 		return false
 	}

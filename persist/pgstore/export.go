@@ -29,8 +29,9 @@ type ExportStats struct {
 // It never writes to the database.
 //
 // The file store writes rows in commit order instead, so the two files are
-// byte for byte the same when the agencies uploaded one after another, and
-// otherwise hold the same rows, each agency's in the same order.
+// byte for byte the same when the agencies uploaded one after another in
+// agency order, and otherwise hold the same rows, each agency's in the same
+// order.
 func Export(ctx context.Context, url string, w io.Writer) (ExportStats, error) {
 	cfg, err := ParseURL(url)
 	if err != nil {

@@ -295,6 +295,15 @@ func (s *Store) pin(ctx context.Context, conn *pgx.Conn) error {
 // createWinnersIndex creates the partial index the draw reads: only the
 // bets on the pinned winning number, in stream order, with their documents.
 func createWinnersIndex(ctx context.Context, tx pgx.Tx, winning uint16) error {
+	// CREATE INDEX IF NOT EXISTS needs to own the table even when the index
+	// is there: look first, so that a role that only reads and writes starts.
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT to_regclass('bets_winners') IS NOT NULL").Scan(&exists); err != nil {
+		return fmt.Errorf("look for the winners index: %w", err)
+	}
+	if exists {
+		return nil
+	}
 	_, err := tx.Exec(ctx, fmt.Sprintf(
 		"CREATE INDEX IF NOT EXISTS bets_winners ON bets (agency, idx) INCLUDE (document) WHERE number = %d", winning))
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -136,7 +137,7 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 		return nil, err
 	}
 	bad := func(name, format string, a ...any) error {
-		return &config.Error{Setting: name, Err: fmt.Errorf(format, a...)}
+		return set.Invalid(name, fmt.Errorf(format, a...))
 	}
 	switch {
 	case *id == 0:
@@ -157,8 +158,12 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	var servers []string
 	for _, addr := range strings.Split(*server, ",") {
 		addr = strings.TrimSpace(addr)
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
 			return nil, bad("server", "%q is not host:port: %v", addr, err)
+		}
+		if p, err := strconv.Atoi(port); err == nil && (p < 1 || p > 65535) { // a name (http) is looked up when dialing
+			return nil, bad("server", "%q: port %d is not from 1 to 65535", addr, p)
 		}
 		servers = append(servers, addr)
 	}

@@ -131,7 +131,6 @@ limits:
 shutdown_grace: 2s
 retry_after: 300ms
 storage:
-  rebuild_journal: true
   url: postgres://lottery@db-file:5432/lottery
 metrics:
   listen: "127.0.0.1:9100"
@@ -147,7 +146,7 @@ metrics:
 	flags := []string{"--listen=127.0.0.1:6000", "--agencies=5", "--data-dir=/srv/flag", "--winning-number=7",
 		"--keys", dirs["flag"].dir, "--log-level=debug", "--log-format=json", "--read-timeout=7s", "--hello-timeout=4s",
 		"--ping-interval=40s", "--max-pending=70", "--max-frame=4096", "--window=32", "--shutdown-grace=4s",
-		"--retry-after=500ms", "--rebuild-journal", "--metrics-listen=127.0.0.1:9300",
+		"--retry-after=500ms", "--metrics-listen=127.0.0.1:9300",
 		"--store", "postgres://lottery:" + storePassword + "@db-flag:5432/lottery"}
 	tests := []struct {
 		name  string
@@ -166,7 +165,7 @@ metrics:
 		{"file", []string{"--config", file}, cfgEnv{}, cfgView{
 			Listen: "127.0.0.1:4000", Agencies: 3, DataDir: "/srv/file", Winning: 1234, ReadTimeout: 5 * time.Second,
 			HelloTimeout: 2 * time.Second, PingInterval: 20 * time.Second, MaxPending: 50, MaxFrame: 1024, Window: 4,
-			Grace: 2 * time.Second, RetryAfter: 300 * time.Millisecond, Rebuild: true, MetricsListen: "127.0.0.1:9100",
+			Grace: 2 * time.Second, RetryAfter: 300 * time.Millisecond, MetricsListen: "127.0.0.1:9100",
 			Store: "postgres://lottery@db-file:5432/lottery", Keys: "file"}, zapcore.WarnLevel, true},
 		{"env over file", []string{"--config", file}, allEnv, cfgView{
 			Listen: "127.0.0.1:5000", Agencies: 4, DataDir: "/srv/env", Winning: 42, ReadTimeout: 6 * time.Second,
@@ -176,7 +175,7 @@ metrics:
 		{"flags over env", append([]string{"--config", file}, flags...), allEnv, cfgView{
 			Listen: "127.0.0.1:6000", Agencies: 5, DataDir: "/srv/flag", Winning: 7, ReadTimeout: 7 * time.Second,
 			HelloTimeout: 4 * time.Second, PingInterval: 40 * time.Second, MaxPending: 70, MaxFrame: 4096, Window: 32,
-			Grace: 4 * time.Second, RetryAfter: 500 * time.Millisecond, Rebuild: true, MetricsListen: "127.0.0.1:9300",
+			Grace: 4 * time.Second, RetryAfter: 500 * time.Millisecond, MetricsListen: "127.0.0.1:9300",
 			Store: "postgres://lottery:" + storePassword + "@db-flag:5432/lottery", Keys: "flag"}, zapcore.DebugLevel, true},
 	}
 	for _, tc := range tests {
@@ -215,6 +214,48 @@ metrics:
 			}
 			if strings.Contains(out.String(), storePassword) {
 				t.Errorf("the config line shows the store's password:\n%s", out.String())
+			}
+		})
+	}
+}
+
+// TestStorePasswordInTheQueryIsHidden: pgx also takes the password, and
+// the client key's, from the URL's query; the config line hides them too.
+func TestStorePasswordInTheQueryIsHidden(t *testing.T) {
+	var out bytes.Buffer
+	url := "postgres://lottery@db:5432/lottery?sslmode=disable&password=" + storePassword + "&sslpassword=" + storePassword
+	if _, err := load([]string{"--insecure", "--store", url}, &out, nil); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if !strings.Contains(out.String(), "db:5432/lottery") || strings.Contains(out.String(), storePassword) {
+		t.Errorf("config line:\n%s\nwant the store's host without its passwords", out.String())
+	}
+}
+
+// TestServerRebuildJournalPrecedence: --rebuild-journal, which applies to
+// the file store only (TestServerPrecedence runs with --store), follows the
+// same precedence as every setting.
+func TestServerRebuildJournalPrecedence(t *testing.T) {
+	file := cfgFile(t, "storage:\n  rebuild_journal: true\n")
+	tests := []struct {
+		name string
+		args []string
+		env  cfgEnv
+		want bool
+	}{
+		{"default", nil, nil, false},
+		{"file", []string{"--config", file}, nil, true},
+		{"env over file", []string{"--config", file}, cfgEnv{"SERVER_REBUILD_JOURNAL": "false"}, false},
+		{"flag over env", []string{"--config", file, "--rebuild-journal"}, cfgEnv{"SERVER_REBUILD_JOURNAL": "false"}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := load(append([]string{"--insecure"}, tc.args...), new(bytes.Buffer), tc.env)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			if cfg.RebuildJournal != tc.want {
+				t.Errorf("RebuildJournal %v, want %v", cfg.RebuildJournal, tc.want)
 			}
 		})
 	}
@@ -418,7 +459,7 @@ func TestServerBadSettings(t *testing.T) {
 		{"max_conns is gone", []string{"--config", oldFile}, nil, false, []string{"setting config", oldFile, "limits.max_conns"}},
 		{"--max-conns is gone", []string{"--max-conns", "5"}, nil, false, []string{"max-conns"}},
 		{"agencies 0", []string{"--agencies", "0"}, nil, false, []string{"setting agencies", "got 0"}},
-		{"agencies env 0", nil, cfgEnv{"SERVER_AGENCIES": "0"}, false, []string{"setting agencies", "got 0"}},
+		{"agencies env 0", nil, cfgEnv{"SERVER_AGENCIES": "0"}, false, []string{"setting agencies", `"0"`, "env SERVER_AGENCIES", "got 0"}},
 		{"agencies words", nil, cfgEnv{"SERVER_AGENCIES": "many"}, false, []string{"setting agencies", `"many"`, "env SERVER_AGENCIES"}},
 		{"agencies in file", []string{"--config", badFile}, nil, false, []string{"setting agencies", `"lots"`, badFile, "key agencies"}},
 		{"winning 10000", []string{"--winning-number", "10000"}, nil, false, []string{"setting winning-number", "10000"}},
@@ -427,20 +468,24 @@ func TestServerBadSettings(t *testing.T) {
 		{"listen port words", nil, cfgEnv{"SERVER_LISTEN": "127.0.0.1:http"}, false, []string{"setting listen", `"http"`}},
 		{"listen port big", nil, cfgEnv{"SERVER_LISTEN": "127.0.0.1:70000"}, false, []string{"setting listen", `"70000"`}},
 		{"metrics-listen x", []string{"--metrics-listen", "x"}, nil, false, []string{"setting metrics-listen", `"x"`, "host:port"}},
+		{"metrics-listen port big", []string{"--metrics-listen", "127.0.0.1:99999"}, nil, false, []string{"setting metrics-listen", `"99999"`, "flag --metrics-listen"}},
+		{"rebuild-journal with store", []string{"--rebuild-journal", "--store", "postgres://u:" + storePassword + "@127.0.0.1/x"}, nil, false,
+			[]string{"setting rebuild-journal", "PostgreSQL has none"}},
 		{"store not postgres", nil, cfgEnv{"SERVER_STORE": "mysql://u:" + storePassword + "@db/x"}, false, []string{"setting store", "postgres://"}},
 		{"max-frame 9000", []string{"--max-frame", "9000"}, nil, false, []string{"setting max-frame", "9000", "8192"}},
 		{"max-frame 10", nil, cfgEnv{"SERVER_MAX_FRAME": "10"}, false, []string{"setting max-frame", "got 10"}},
 		{"max-pending list", []string{"--config", listFile}, nil, false, []string{"setting max-pending", listFile, "limits.max_pending", "list or mapping"}},
 		{"max-pending 0", []string{"--max-pending", "0"}, nil, false, []string{"setting max-pending", "got 0"}},
 		{"window 0", []string{"--window", "0"}, nil, false, []string{"setting window", "got 0"}},
-		{"window 2000", nil, cfgEnv{"SERVER_WINDOW": "2000"}, false, []string{"setting window", "1024", "got 2000"}},
+		{"window 2000", nil, cfgEnv{"SERVER_WINDOW": "2000"}, false, []string{"setting window", "env SERVER_WINDOW", "1024", "got 2000"}},
+		{"window 0 in file", []string{"--config", cfgFile(t, "limits: {window: 0}\n")}, nil, false, []string{"setting window", "key limits.window", "got 0"}},
 		{"hello-timeout tiny", []string{"--hello-timeout", "5ms"}, nil, false, []string{"setting hello-timeout", "100ms"}},
 		{"ping-interval words", nil, cfgEnv{"SERVER_PING_INTERVAL": "often"}, false, []string{"setting ping-interval", `"often"`, "SERVER_PING_INTERVAL"}},
 		{"ping-interval tiny", nil, cfgEnv{"SERVER_PING_INTERVAL": "1ms"}, false, []string{"setting ping-interval", "100ms"}},
 		{"rebuild-journal words", nil, cfgEnv{"SERVER_REBUILD_JOURNAL": "maybe"}, false, []string{"setting rebuild-journal", `"maybe"`}},
 		{"log-format xml", []string{"--log-format", "xml"}, nil, false, []string{"setting log-format", `"xml"`}},
 		{"log-level loud", nil, cfgEnv{"LOGGING_LEVEL": "loud"}, false, []string{"setting log-level", `"loud"`}},
-		{"read-timeout tiny", nil, cfgEnv{"SERVER_READ_TIMEOUT": "1ms"}, false, []string{"setting read-timeout", "100ms"}},
+		{"read-timeout tiny", nil, cfgEnv{"SERVER_READ_TIMEOUT": "1ms"}, false, []string{"setting read-timeout", "env SERVER_READ_TIMEOUT", "100ms"}},
 		{"read-timeout words", nil, cfgEnv{"SERVER_READ_TIMEOUT": "soon"}, false, []string{"setting read-timeout", `"soon"`, "SERVER_READ_TIMEOUT"}},
 		{"grace 0", []string{"--shutdown-grace", "0s"}, nil, false, []string{"setting shutdown-grace"}},
 		{"retry-after 0", nil, cfgEnv{"SERVER_RETRY_AFTER": "0s"}, false, []string{"setting retry-after"}},
