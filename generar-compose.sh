@@ -10,7 +10,7 @@ set -eu
 unset CDPATH
 
 usage() {
-	echo "usage: $0 <output-file> <agencies: integer >= 0>" >&2
+	echo "usage: $0 <output-file> <agencies: integer from 0 to 252>" >&2
 	if [ $# -gt 0 ]; then
 		echo "error: $1" >&2
 	fi
@@ -27,6 +27,8 @@ case $agencies in
 '' | *[!0-9]* | 0?*) usage "agencies must be a non-negative integer, got '$agencies'" ;;
 esac
 [ ${#agencies} -le 9 ] || usage "agencies must be a non-negative integer, got '$agencies'"
+# compose.MaxAgencies: one address each on the Compose network's /24.
+[ "$agencies" -le 252 ] || usage "agencies must be at most 252 (one address each on the Compose network), got '$agencies'"
 
 case $0 in
 */*) dir=${0%/*} ;;

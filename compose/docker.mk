@@ -5,7 +5,8 @@
 # docker-compose-dev.yaml; any other count is generated into
 # $(BIN)/docker-compose-<N>.yaml on every up/down. COMPOSE_YAML=<file>
 # overrides both. Relative paths in the file are taken from the repository
-# root (--project-directory), wherever the file lives.
+# root (--project-directory), wherever the file lives. Data, keys and receipt
+# folders are made for the agencies the file runs (its client services).
 #
 # The agencies' bets are always read from ./.data (the Compose file mounts
 # .data/agency-I.csv), whatever DATA_DIR says.
@@ -46,8 +47,13 @@ COMPOSE_CMD = $(COMPOSE) -p $(PROJECT) $(COMPOSE_FILES) --project-directory $(CU
 KEYS_GID ?= $(shell id -g)
 export KEYS_GID
 export METRICS_PORT
+# The agencies the Compose file runs (its client services), once
+# docker-compose-file has written it: data, keys and receipt folders are made
+# for those, so a file ./generar-compose.sh wrote for another count (say over
+# docker-compose-dev.yaml) starts too. AGENCIES when the file cannot be read.
+STACK_AGENCIES = $(shell n=$$(grep -cE '^  client[0-9]+:' $(COMPOSE_YAML) 2>/dev/null) || [ "$$n" = 0 ]; echo $${n:-$(AGENCIES)})
 # The server expects at least one agency, so there is always agency-1's key.
-COMPOSE_AGENCIES = $(if $(filter 0,$(AGENCIES)),1,$(AGENCIES))
+COMPOSE_AGENCIES = $(if $(filter 0,$(STACK_AGENCIES)),1,$(STACK_AGENCIES))
 
 .PHONY: docker-image docker-compose-check docker-compose-file docker-compose-data docker-compose-keys \
 	docker-compose-receipts docker-compose-up docker-compose-down docker-compose-logs docker-compose-restart \
@@ -78,9 +84,9 @@ docker-compose-file:
 # Generates .data/agency-I.csv for the agencies that lack one (make data
 # never overwrites) and checks that the container user (65534) can read them.
 docker-compose-data:
-	@missing=0; for i in $$(seq 1 $(AGENCIES)); do [ -f .data/agency-$$i.csv ] || missing=1; done; \
-	if [ $$missing = 1 ]; then $(MAKE) --no-print-directory data AGENCIES=$(AGENCIES) DATA_DIR=.data; fi
-	@unreadable=$$(for i in $$(seq 1 $(AGENCIES)); do [ -z "$$(find .data/agency-$$i.csv -perm -o=r)" ] && echo .data/agency-$$i.csv; done); \
+	@missing=0; for i in $$(seq 1 $(STACK_AGENCIES)); do [ -f .data/agency-$$i.csv ] || missing=1; done; \
+	if [ $$missing = 1 ]; then $(MAKE) --no-print-directory data AGENCIES=$(STACK_AGENCIES) DATA_DIR=.data; fi
+	@unreadable=$$(for i in $$(seq 1 $(STACK_AGENCIES)); do [ -z "$$(find .data/agency-$$i.csv -perm -o=r)" ] && echo .data/agency-$$i.csv; done); \
 	if [ -n "$$unreadable" ]; then \
 		echo "error: the agencies run as uid 65534 and cannot read:" $$unreadable >&2; \
 		echo "fix: chmod o+r .data/agency-*.csv" >&2; exit 1; \
@@ -99,7 +105,7 @@ docker-compose-keys: build
 # One folder per agency for its receipt, writable by KEYS_GID (setgid, so the
 # receipts the containers write belong to that group too).
 docker-compose-receipts:
-	@for i in $$(seq 1 $(AGENCIES)); do \
+	@for i in $$(seq 1 $(STACK_AGENCIES)); do \
 		d=$(RECEIPTS_DIR)/agency-$$i; \
 		mkdir -p $$d && chgrp $(KEYS_GID) $$d && chmod 2770 $$d || { \
 			echo "error: cannot make $$d writable by group $(KEYS_GID); set KEYS_GID to a group you belong to" >&2; exit 1; }; \

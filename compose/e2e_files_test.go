@@ -479,3 +479,42 @@ func TestMakefileMatchesGenerator(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeUpPreparesTheFilesAgencies: make docker-compose-up makes data,
+// keys and receipt folders for the agencies the Compose file runs, not for
+// AGENCIES: the course's ./generar-compose.sh may have written the file for
+// another count. (make -n prints the commands without running them.)
+func TestComposeUpPreparesTheFilesAgencies(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("make is needed (CI=true): %v", err)
+		}
+		t.Skip("make not installed")
+	}
+	file := filepath.Join(t.TempDir(), "seven.yaml")
+	if err := os.WriteFile(file, generate(t, 7), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"the file's seven", []string{"COMPOSE_YAML=" + file}, 7},
+		{"AGENCIES when the file is missing", []string{"COMPOSE_YAML=" + file + ".missing", "AGENCIES=3"}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command("make", append([]string{"-n", "--no-print-directory", "docker-compose-up"}, tc.args...)...)
+			cmd.Dir = repoRoot
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("make -n docker-compose-up: %v\n%s", err, out)
+			}
+			for _, want := range []string{fmt.Sprintf("keygen --dir .keys --agencies %d", tc.want), fmt.Sprintf("seq 1 %d)", tc.want)} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("make -n docker-compose-up %v does not run %q:\n%s", tc.args, want, out)
+				}
+			}
+		})
+	}
+}

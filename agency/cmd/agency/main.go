@@ -106,7 +106,7 @@ func load(args []string, stdout io.Writer, env func(string) (string, bool)) (*se
 	retryBase := fs.Duration("retry-base", agency.DefaultRetryBase, "first reconnect delay (doubles, with jitter)")
 	retryMax := fs.Duration("retry-max", agency.DefaultRetryMax, "longest reconnect or poll delay")
 	giveUp := fs.Duration("give-up", agency.DefaultGiveUp, "stop after this long without progress (a new bet acknowledged, a receipt, the winners, a NOT_READY)")
-	ioTimeout := fs.Duration("io-timeout", agency.DefaultIOTimeout, "dial timeout and longest wait for an ACK")
+	ioTimeout := fs.Duration("io-timeout", agency.DefaultIOTimeout, "dial and handshake timeout, longest wait for an answer")
 	key := fs.String("key", "", "this agency's private key file (bin/keygen writes agency-<id>.key)")
 	serverPub := fs.String("server-pub", "", "the server's public key file (server.pub)")
 	insecure := fs.Bool("insecure", false, "speak plaintext, without keys, to a server run with --insecure")
