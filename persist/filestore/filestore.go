@@ -317,6 +317,28 @@ func LoadDir(dir string) func(yield func(Bet, error) bool) {
 	return loadFile(filepath.Join(dir, BetsFile), limit)
 }
 
+// FinishedAgencies counts the agencies whose FINISHED the journal of the
+// data directory dir records, without opening it as a store, for tools: a
+// store whose every agency finished has drawn, or draws at its next start.
+func FinishedAgencies(dir string) (int, error) {
+	data, err := os.ReadFile(filepath.Join(dir, JournalFile))
+	if err != nil {
+		return 0, err
+	}
+	finished := map[uint32]bool{}
+	for off := 0; off < len(data); {
+		r, n, err := parseRecord(data[off:])
+		if err != nil {
+			break // a record cut by a crash: nothing after it was acknowledged
+		}
+		for _, e := range r.finished {
+			finished[e.agency] = true
+		}
+		off += n
+	}
+	return len(finished), nil
+}
+
 // addWinner appends b's document to the in-memory index if it won.
 func (s *Store) addWinner(agency uint32, b *frame.Bet) {
 	if b.Number == s.opts.WinningNumber {

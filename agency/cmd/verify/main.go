@@ -196,7 +196,7 @@ func (v *verifier) store(path string, receipts []string, pattern string, agencie
 		}
 		return receipt.Leaf{Agency: a, Chain: receipt.Empty()}
 	}
-	v.commitment(dir, lot, leaf)
+	v.commitment(dir, lot, leaf, receipts)
 	for _, path := range receipts {
 		v.receiptAgainstStore(path, lot, leaf)
 	}
@@ -208,11 +208,32 @@ func (v *verifier) store(path string, receipts []string, pattern string, agencie
 	}
 }
 
+// drawDue says why the store in dir must hold its draw's statement: every
+// agency's FINISHED is in its journal, or a receipt holds the draw's root;
+// "" when nothing says the draw happened.
+func drawDue(dir string, agencies int, receipts []string) string {
+	if n, err := filestore.FinishedAgencies(dir); err == nil && n >= agencies {
+		return fmt.Sprintf("the journal records all %d agencies as finished", agencies)
+	}
+	for _, path := range receipts {
+		if f, err := receipt.ReadFile(path); err == nil && f.Root != nil {
+			return fmt.Sprintf("receipt %s holds the draw's root %x", path, f.Root[:])
+		}
+	}
+	return ""
+}
+
 // commitment recomputes every leaf from bets.csv and compares them with the
 // draw's signed statement.
-func (v *verifier) commitment(dir string, lot filestore.Lottery, leaf func(uint32) receipt.Leaf) {
+func (v *verifier) commitment(dir string, lot filestore.Lottery, leaf func(uint32) receipt.Leaf, receipts []string) {
 	data, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
 	if errors.Is(err, fs.ErrNotExist) {
+		if why := drawDue(dir, lot.Agencies, receipts); why != "" {
+			v.fail(zap.String("commitment", filepath.Join(dir, filestore.DrawFile)),
+				zap.String("error", "missing, yet "+why+": it was deleted, or the server stopped between the last "+
+					"FINISHED and the draw (start it once on this directory and it draws)"))
+			return
+		}
 		v.log.Info("verify", logging.Success, zap.String("store", dir), zap.String("commitment",
 			"none yet (no draw): the store's chains are reported but not compared"))
 		for a := uint32(1); a <= uint32(lot.Agencies); a++ {

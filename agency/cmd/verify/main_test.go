@@ -23,7 +23,9 @@ import (
 	"github.com/tp0/loteria/agency"
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/persist"
 	"github.com/tp0/loteria/persist/filestore"
+	"github.com/tp0/loteria/persist/persisttest"
 	"github.com/tp0/loteria/secure"
 )
 
@@ -477,19 +479,87 @@ func editJSON(t *testing.T, src, dst, field string) {
 // Before the draw there is no commitment: the store's chains are reported,
 // not compared, and that is not a failure.
 func TestVerifyStoreBeforeTheDraw(t *testing.T) {
-	l := theLottery(t)
-	store := l.storeCopy(t)
-	if err := os.Remove(filepath.Join(store, filestore.DrawFile)); err != nil {
-		t.Fatal(err)
-	}
-	v := verify(t, "--store", store, "--sign-pub", l.signPub)
+	store, held := storeBeforeTheDraw(t)
+	v := verify(t, "--store", store)
 	if v.code != 0 || !strings.Contains(v.stdout, "none yet (no draw)") {
 		t.Fatalf("exit %d, want 0 saying there is no commitment yet", v.code)
 	}
-	for i := range sizes {
-		if !line(fmt.Sprintf(`verify \| result: success \| agency: %d \| bets: %d \| chain: [0-9a-f]{64}`, i+1, sizes[i])).MatchString(v.stdout) {
-			t.Errorf("no chain line for agency %d", i+1)
+	for i, n := range held {
+		if !line(fmt.Sprintf(`verify \| result: success \| agency: %d \| bets: %d \| chain: [0-9a-f]{64}`, i+1, n)).MatchString(v.stdout) {
+			t.Errorf("no chain line for agency %d with %d bets", i+1, n)
 		}
+	}
+}
+
+// storeBeforeTheDraw writes a data directory of len(sizes) agencies in
+// which two stored bets and one finished, and returns it with the bets
+// each agency holds.
+func storeBeforeTheDraw(t *testing.T) (string, []int) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "store")
+	n, winning := len(sizes), uint16(eventserver.DefaultWinningNumber)
+	b, err := filestore.Open(dir, filestore.Options{Agencies: n, WinningNumber: winning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := persist.New(b, persist.Options{Agencies: n, WinningNumber: winning})
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	held := make([]int, n)
+	held[0], held[1] = 7, 3
+	for _, r := range []persist.Request{
+		{Agency: 1, Bets: persisttest.Bets(1, 0, 7)},
+		{Agency: 2, Bets: persisttest.Bets(2, 0, 3)},
+		{Agency: 1, Finish: true, Total: 7},
+	} {
+		done := make(chan persist.Result, 1)
+		r.Done = func(res persist.Result) { done <- res }
+		if err := w.Submit(&r); err != nil {
+			t.Fatal(err)
+		}
+		if res := <-done; res.Err != nil {
+			t.Fatalf("agency %d: %v", r.Agency, res.Err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, held
+}
+
+// Once every agency has finished, or a receipt holds the draw's root, the
+// draw has happened: a store without its statement then fails, whatever
+// else it holds (here a bet added to it).
+func TestVerifyStoreMissingItsCommitment(t *testing.T) {
+	l := theLottery(t)
+	for _, tc := range []struct {
+		name     string
+		args     func(store string) []string
+		mentions string
+	}{
+		{"every agency finished", func(store string) []string { return []string{"--store", store} }, "all 5 agencies as finished"},
+		{"a receipt holds the root", func(store string) []string {
+			if err := os.Remove(filepath.Join(store, filestore.JournalFile)); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"--store", store, "--receipts", l.receipts[0]}
+		}, "holds the draw's root"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := l.storeCopy(t)
+			editRows(t, store, func(rows []string) []string {
+				return append(rows, fmt.Sprintf("2,Pedro,Tramposo,31415926,1990-01-01,%d", eventserver.DefaultWinningNumber))
+			})
+			if err := os.Remove(filepath.Join(store, filestore.DrawFile)); err != nil {
+				t.Fatal(err)
+			}
+			v := verify(t, append(tc.args(store), "--sign-pub", l.signPub)...)
+			if v.code != 1 || !strings.Contains(v.stdout, "commitment.json | error: missing, yet") || !strings.Contains(v.stdout, tc.mentions) {
+				t.Errorf("exit %d, want 1 naming the missing commitment and %q", v.code, tc.mentions)
+			}
+		})
 	}
 }
 
