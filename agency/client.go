@@ -227,7 +227,8 @@ func (c *client) addr() string { return c.cfg.Servers[c.server] }
 // pollDelay starts at the server's hint and doubles up to RetryMax.
 func (c *client) pollDelay(prev, hint time.Duration) time.Duration {
 	d := max(prev*2, hint, c.cfg.RetryBase)
-	return jitter(min(d, max(c.cfg.RetryMax, hint)))
+	d = min(d, max(c.cfg.RetryMax, hint))
+	return max(jitter(d), hint) // retry_after is a floor: jitter only above it
 }
 
 // backoff is exponential in attempt, capped, with jitter.
@@ -330,7 +331,11 @@ func (c *client) dial(ctx context.Context) (*conn, error) {
 	}
 	var l link
 	if c.identity != nil {
+		stopHS := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
 		sc, err := c.identity.Client(nc, c.cfg.ServerPub, c.cfg.IOTimeout)
+		if !stopHS() && err == nil {
+			err = ctx.Err()
+		}
 		if err != nil {
 			nc.Close()
 			return nil, err
@@ -530,9 +535,33 @@ func (c *client) align(w *frame.Welcome) error {
 		return fmt.Errorf("%w: the server holds %d bets of agency %d with chain %x, and the first %d bets of this "+
 			"file give %x: the server's store or this file changed", ErrChain, held, c.cfg.Agency, w.Chain, held, got)
 	}
+	if c.cfg.LogEachBet && held > c.base.Index {
+		// Stored on a connection that broke before their ACK: WELCOME
+		// confirms them, so they are logged as an ACK would have.
+		if err := c.logConfirmed(c.base, held); err != nil {
+			return err
+		}
+	}
 	c.base = c.batcher.Checkpoint()
 	c.acked = max(c.acked, held)
 	return nil
+}
+
+// logConfirmed logs apuesta_enviada for the bets from checkpoint from up to
+// stream index to, then puts the batcher back where it was.
+func (c *client) logConfirmed(from Checkpoint, to uint64) error {
+	back := c.batcher.Checkpoint()
+	if err := c.batcher.Restore(from); err != nil {
+		return err
+	}
+	for i := from.Index; i < to; i++ {
+		bet, err := c.batcher.read()
+		if err != nil {
+			return err
+		}
+		c.log.Info("apuesta_enviada", logging.Success, zap.String("dni", bet.Document), zap.Uint16("numero", bet.Number))
+	}
+	return c.batcher.Restore(back)
 }
 
 // batchBuffers are an ACKed batch's slices, handed back to the producer so

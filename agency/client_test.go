@@ -209,8 +209,8 @@ func TestRunPoll(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d < h.retryHint/2 || d > cfg.RetryMax {
-			t.Errorf("poll delay %v, want from the hint %v/2 up to %v", d, h.retryHint, cfg.RetryMax)
+		if d < h.retryHint || d > cfg.RetryMax {
+			t.Errorf("poll delay %v, want from the hint %v (the server's retry_after is a floor) up to %v", d, h.retryHint, cfg.RetryMax)
 		}
 	}
 	if !hasLine(log.String(), `hello \| result: success \| agency: 1 \| server: \S+ \| held: 120 \| finished: true \| window: 16`) {
@@ -1649,5 +1649,77 @@ func TestRunProgressDoesNotRaceTheReader(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Single-bet mode (LogEachBet): the server stores the bet but the connection
+// breaks before its ACK. On reconnect WELCOME says held 1 with this bet's
+// chain: the agency logs the bet as sent and stored (the course's exercise 5
+// line), as the lost ACK would have, and finishes with its winner.
+func TestRunSingleBetConfirmedByWelcomeIsLogged(t *testing.T) {
+	noLeaks(t)
+	h := newHonest(t)
+	h.onBets = func(p *peer, b *frame.Bets) verdict {
+		if p.n == 0 {
+			return verdict{store: -1, reply: &frame.Pong{}, close: true} // stored, ACK lost
+		}
+		return pass
+	}
+	bets := testBets(1, 10)
+	h.winners = []string{bets[0].Document}
+	s := h.start()
+	cfg, log := h.config(t, s)
+	cfg.LogEachBet = true
+	o := run(t, cfg, agency.NewSliceSource(bets))
+	if o.err != nil {
+		t.Fatalf("Run: %v", o.err)
+	}
+	stored, _, _, _ := h.snapshot()
+	sameBets(t, stored, bets)
+	if !hasLine(log.String(), `apuesta_enviada \| result: success \| dni: `+bets[0].Document+` \| numero: 0`) {
+		t.Errorf("the stored bet was never logged as apuesta_enviada; log:\n%s", log.String())
+	}
+}
+
+// SIGTERM (a cancelled context) must stop the agency promptly, also while it
+// waits for a server that accepted the TCP connection but has not answered
+// the handshake yet (overloaded, or a wrong port). Compose's stop gives 10 s.
+func TestRunCancelDuringHandshake(t *testing.T) {
+	noLeaks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c // hold it open, say nothing
+		}
+	}()
+	key, _ := secure.GenerateKey(nil)
+	server, _ := secure.GenerateKey(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := agency.Config{Agency: 1, Servers: []string{ln.Addr().String()}, Key: &key, ServerPub: server.Public(),
+		IOTimeout: 20 * time.Second, RetryBase: time.Millisecond, RetryMax: time.Millisecond, GiveUp: time.Minute}
+	done := make(chan error, 1)
+	go func() {
+		_, err := agency.Run(ctx, cfg, agency.NewSliceSource(testBets(1, 10)))
+		done <- err
+	}()
+	c := <-accepted
+	defer c.Close()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if took := time.Since(start); took > 5*time.Second { // far below the 20 s IOTimeout
+			t.Errorf("Run returned %v only %v after the cancel (IOTimeout %v)", err, took.Round(time.Millisecond), cfg.IOTimeout)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("Run never returned")
 	}
 }

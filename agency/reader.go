@@ -129,7 +129,8 @@ func (s *FileSource) Next() (frame.Bet, error) {
 		return frame.Bet{}, fmt.Errorf("read %s: %w", s.path, err)
 	}
 	line, _ := s.cr.FieldPos(0)
-	last, _ := s.cr.FieldPos(4) // a valid number holds no line break: the row ends on this line
+	last, _ := s.cr.FieldPos(4)
+	last += strings.Count(rec[4], "\n") // a quoted number may hold line breaks that ParseBet trims
 	line, s.next = s.lines+line, s.lines+last+1
 	b, err := ParseBet(rec[0], rec[1], rec[2], rec[3], rec[4], s.today)
 	if err != nil {

@@ -798,3 +798,33 @@ func TestBatcherNextIntoReuses(t *testing.T) {
 		t.Errorf("%.0f allocations for %d bets in 10 batches recycled, want at most 10", allocs, len(bets))
 	}
 }
+
+// A quoted number holding a line break is accepted (ParseBet trims it), so the
+// row ends one line below where its number field starts. Position must still
+// name the line the next row starts on, or an error after a Seek (a reconnect
+// restoring a checkpoint) names the wrong line.
+func TestPositionAfterAQuotedNumberWithALineBreak(t *testing.T) {
+	content := "Ana,Gómez,1,1990-01-01,\"7574\r\n\"\r\n" + // lines 1-2, accepted
+		"Bob,Pérez,12a,1990-01-01,1\r\n" // line 3, bad document
+	src, path := openFile(t, content)
+	if _, err := src.Next(); err != nil {
+		t.Fatalf("row 1: %v", err)
+	}
+	pos := src.Position()
+	_, err := src.Next()
+	var straight *agency.RowError
+	if !errors.As(err, &straight) || straight.Line != 3 {
+		t.Fatalf("straight read: %v, want a RowError at %s:3", err, path)
+	}
+	if pos.Line != 3 {
+		t.Errorf("Position after row 1 = %+v, but the next row starts on line 3", pos)
+	}
+	if err := src.Seek(pos); err != nil {
+		t.Fatal(err)
+	}
+	_, err = src.Next()
+	var re *agency.RowError
+	if !errors.As(err, &re) || re.Line != 3 {
+		t.Errorf("after Seek(%+v): %v, want a RowError at %s:3", pos, err, path)
+	}
+}
