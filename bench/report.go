@@ -96,8 +96,9 @@ type RunResult struct {
 	StormHandshakeP99Ms   float64 `json:"storm_handshake_p99_ms,omitempty"`
 	MetricsBetsStored     float64 `json:"metrics_bets_stored,omitempty"` // lottery_bets_stored_total scraped at the end
 	PingsAnswered         int64   `json:"pings_answered"`
-	// The server's CPU split at the Connected barrier: opening the
-	// connections (handshakes, HELLO), then the upload and the draw.
+	// The server's CPU opening the connections (handshakes, HELLO: up to the
+	// Connected barrier), and uploading (from there to the Waiting barrier,
+	// every agency but the last waiting for the draw).
 	CPUMsPerConnection   float64   `json:"server_cpu_ms_per_connection"`
 	UploadCPUSecPerMBets float64   `json:"server_upload_cpu_sec_per_million_bets"`
 	RepeatBetsPerSec     []float64 `json:"repeat_bets_per_sec,omitempty"` // every repetition; the run shown is the median

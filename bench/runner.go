@@ -418,11 +418,18 @@ func measureLimits(ctx context.Context, opts *Options, rep *Report) error {
 const defaultDiskBlock = 256 << 10
 
 // meanGroup is the mean group commit, in bytes, of the main gnet run with k
-// agencies (or of another run with k agencies if gnet did not run).
+// agencies (the main security mode, no metrics, the default log level), or
+// of the first run with k agencies if gnet did not run.
 func meanGroup(runs []RunResult, k int) int {
-	block := 0
+	block, sec := 0, mainSecurity(runs)
 	for _, r := range runs {
-		if r.Agencies == k && r.MeanGroupBytes > 0 && (block == 0 || (r.Impl == ImplGnet && !r.Metrics && r.VariantLogLevel == "")) {
+		if r.Agencies != k || r.MeanGroupBytes <= 0 {
+			continue
+		}
+		if r.Impl == ImplGnet && r.Security == sec && !r.Metrics && r.VariantLogLevel == "" {
+			return int(r.MeanGroupBytes)
+		}
+		if block == 0 {
 			block = int(r.MeanGroupBytes)
 		}
 	}
@@ -479,7 +486,7 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 		agencyKeys = keys
 	}
 	var connected, waiting, end memory
-	var cpuConnected, cpu1 time.Duration
+	var cpuConnected, cpuWaiting, cpu1 time.Duration
 	var scraped float64
 	prog := &progress{phase: "connect"}
 	total := int64(k) * int64(b)
@@ -497,6 +504,9 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 			return err
 		},
 		Waiting: func() (err error) {
+			if cpuWaiting, err = readCPU(srv.pid); err != nil { // the upload's end
+				return err
+			}
 			// Agencies wait for the draw for as long as it takes: read the
 			// server's memory once it has settled, not mid-burst.
 			time.Sleep(waitingSettle)
@@ -562,7 +572,7 @@ func runOne(ctx context.Context, opts *Options, v variant, k, b int, sets []*dat
 		RSSPerWaitingConnBytes:  (float64(waiting.RSS) - float64(base.RSS)) / float64(k),
 		RSSPerIdleConnBytes:     (float64(connected.RSS) - float64(base.RSS)) / float64(k),
 		CPUSecPerMillionBets:    cpu / (float64(dres.Bets) / 1e6),
-		UploadCPUSecPerMBets:    (cpu1 - cpuConnected).Seconds() / (float64(dres.Bets) / 1e6),
+		UploadCPUSecPerMBets:    (cpuWaiting - cpuConnected).Seconds() / (float64(dres.Bets) / 1e6),
 		CPUMsPerConnection:      (cpuConnected - cpu0).Seconds() * 1e3 / float64(k),
 		Security:                v.security(),
 		Metrics:                 v.Metrics,

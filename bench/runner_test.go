@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -260,5 +261,60 @@ func TestRotateVariants(t *testing.T) {
 				t.Errorf("round %d: place %d holds %v, want %v", r, i, got[i], vs[(r+i)%len(vs)])
 			}
 		}
+	}
+}
+
+// The disk test's block must be the mean group commit of the main gnet run
+// (main security mode, no metrics, main log level), as meanGroup's comment
+// and the README say. Runs are in the order Run appends them: variants()
+// puts the --compare-insecure runs last.
+func TestMeanGroupIsTheMainGnetRuns(t *testing.T) {
+	o := Options{Impls: []string{ImplGnet, ImplStdlib}, CompareInsecure: true, CompareMetrics: true, CompareLogLevel: "warn"}
+	group := map[variant]float64{}
+	var runs []RunResult
+	for i, v := range o.variants() {
+		r := RunResult{Impl: v.Impl, Security: v.security(), Metrics: v.Metrics, VariantLogLevel: v.LogLevel, Agencies: 2000,
+			MeanGroupBytes: float64(1_000_000 + 100_000*i)}
+		group[v] = r.MeanGroupBytes
+		runs = append(runs, r)
+	}
+	want := int(group[variant{Impl: ImplGnet, Secure: true}])
+	if got := meanGroup(runs, 2000); got != want {
+		t.Errorf("meanGroup = %d bytes, want %d (the main, secured gnet run's); the gnet --insecure run's is %d",
+			got, want, int(group[variant{Impl: ImplGnet}]))
+	}
+}
+
+// runOne samples "RSS per waiting connection" waitingSettle after the
+// upload, on the premise that the server has by then given the burst's
+// memory back (eventserver.Server.releaseMemory: runtime.GC and
+// debug.FreeOSMemory once the store has been idle for a second). Both
+// servers run in this process here, so a forced collection between the
+// end of the upload and the sample is the server's release.
+func TestBothServersGiveMemoryBackBeforeTheWaitingSample(t *testing.T) {
+	const k, bets = 8, 20000
+	sets, err := buildDatasets(datasetPlan{Distinct: 2, Bets: bets, Batch: 50, WinningNumber: 7574, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range starters {
+		t.Run(st.impl, func(t *testing.T) {
+			srv := st.start(t, testConfig(t, k))
+			var before, after runtime.MemStats
+			_, err := drive(t.Context(), driveConfig{Addr: srv.addr, Agencies: k, Sets: sets, DialConcurrency: k, Timeout: time.Minute,
+				Connected: func() error { runtime.ReadMemStats(&before); return nil },
+				Waiting: func() error {
+					time.Sleep(waitingSettle) // as runOne does before readMemory
+					runtime.ReadMemStats(&after)
+					return nil
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := after.NumForcedGC - before.NumForcedGC; n == 0 {
+				t.Errorf("%s: no forced collection between the upload's start and the waiting RSS sample (%v after its end): the burst's memory is still counted per waiting connection",
+					st.impl, waitingSettle)
+			}
+		})
 	}
 }

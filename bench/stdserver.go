@@ -45,6 +45,8 @@ type StdServer struct {
 
 	mu    sync.Mutex
 	conns map[*stdConn]struct{}
+
+	mem eventserver.MemoryReleaser // as the gnet server: ticked every 100 ms
 }
 
 // NewStdServer opens (and recovers) the store in cfg.DataDir. Zero fields of
@@ -100,12 +102,33 @@ func (s *StdServer) Serve(ctx context.Context) error {
 		defer close(accepted)
 		s.accept(ln)
 	}()
+	ticked := make(chan struct{})
+	go func() {
+		defer close(ticked)
+		s.tick(ctx)
+	}()
 	<-ctx.Done()
+	<-ticked
 	s.log.Info("shutdown", logging.InProgress, zap.String("step", "stop_accepting"), zap.Int64("connections", s.count.Load()))
 	s.draining.Store(true)
 	ln.Close()
 	<-accepted
 	return s.shutdown()
+}
+
+// tick gives an upload burst's memory back once the store is idle, as the
+// gnet server's ticker does, until ctx is done.
+func (s *StdServer) tick(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mem.Tick(now, s.hub.InFlight() > 0)
+		}
+	}
 }
 
 // accept runs until the listener is closed; a failing Accept (out of file
@@ -144,6 +167,7 @@ func (s *StdServer) shutdown() error {
 			s.waitIdle(2 * time.Second)
 		}
 	}
+	s.mem.Wait()
 	s.hub.Close()
 	if err := s.store.Close(); err != nil {
 		s.log.Error("shutdown", logging.Fail, zap.Error(err))

@@ -112,8 +112,7 @@ type Server struct {
 	tick     atomic.Int64 // unix nanoseconds of the last tick
 	loops    loopWatch    // whether each event loop still runs tasks
 
-	quiet idleTracker    // ticker's loop only: when to give memory back
-	bg    sync.WaitGroup // background work the server waits for before it returns
+	mem MemoryReleaser // ticked on the ticker's loop
 
 	pmu     sync.Mutex
 	paused  map[*conn]struct{} // connections not read until their peer reads its answers
@@ -256,7 +255,7 @@ func (s *Server) shutdown(errc chan error, cause error) error {
 // closeStore ends the draw and the store, after which nothing is left
 // running, and logs how the shutdown went given the earlier errs.
 func (s *Server) closeStore(errs []error) error {
-	s.bg.Wait()
+	s.mem.Wait()
 	s.hub.Close()
 	if err := s.store.Close(); err != nil && !errors.Is(err, persist.ErrBroken) {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
@@ -591,7 +590,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		}
 	}
 	s.refused.report(s.log, now)
-	s.releaseMemory(now)
+	s.mem.Tick(now, s.hub.InFlight() > 0)
 	return min(100*time.Millisecond, s.cfg.ReadTimeout/4, s.cfg.HelloTimeout/4), gnet.None
 }
 
@@ -639,20 +638,28 @@ func (p *pendingSet) remove(cs *conn) {
 	p.mu.Unlock()
 }
 
-// releaseMemory gives the memory of an upload burst back to the system
-// once the store has been idle for a second: the decoded batches and the
-// connections' buffers are garbage by then, and agencies waiting for the
-// draw should cost only what they hold. It runs on the ticker's loop.
-func (s *Server) releaseMemory(now time.Time) {
-	if !s.quiet.due(now, s.hub.InFlight() > 0) {
+// MemoryReleaser gives the memory of an upload burst back to the system
+// once the store has been idle for a second, once per idle stretch: the
+// decoded batches and the connections' buffers are garbage by then, and
+// agencies waiting for the draw should cost only what they hold. A server
+// ticks it from one goroutine; the zero value is ready.
+type MemoryReleaser struct {
+	idle idleTracker
+	bg   sync.WaitGroup
+}
+
+// Tick says whether store requests are in flight at now, and starts the
+// release, on a goroutine of its own (full collections are slow), when it
+// is due.
+func (m *MemoryReleaser) Tick(now time.Time, busy bool) {
+	if !m.idle.due(now, busy) {
 		return
 	}
-	s.bg.Add(1)
-	go func() { // full collections: off the event loop
-		defer s.bg.Done()
-		returnMemory()
-	}()
+	m.bg.Go(returnMemory)
 }
+
+// Wait waits for a release under way, for a server that is shutting down.
+func (m *MemoryReleaser) Wait() { m.bg.Wait() }
 
 // idleTracker says when the store has been idle long enough to give
 // memory back: once per idle stretch of at least a second.
