@@ -697,3 +697,27 @@ func TestStarvedConnectionIsNotCutForAFrameItSent(t *testing.T) {
 	release() // the disk recovers
 	mustPing(t, waiting, "still here")
 }
+
+// TestPartialHandshakeHitsTheHelloTimeout: a peer that sends only the start
+// of a Noise message 1 and goes quiet is cut off by the hello timeout (the
+// deadline put off while unread bytes wait must still be judged when no
+// frame can be read from them).
+func TestPartialHandshakeHitsTheHelloTimeout(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{Agencies: 1, HelloTimeout: 300 * time.Millisecond})
+	p, err := dialPeer(ts.Addr(), nil, secure.PublicKey{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if err := p.sendRaw([]byte{secure.KindHandshake1, 0, secure.Handshake1Size, 1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := p.readWithin(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no ERROR timeout within 5 s (hello timeout 300 ms): %v", err)
+	}
+	if e, ok := f.(*frame.Error); !ok || e.Code != frame.CodeTimeout {
+		t.Fatalf("got %s, want ERROR timeout", brief(f))
+	}
+}

@@ -448,6 +448,11 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	if ready, closeConn := cs.tr.start(cs, now); closeConn {
 		return gnet.Close
 	} else if !ready {
+		// No frame can be read yet (a handshake still arriving): a deadline
+		// put off until the bytes waiting were read is judged now.
+		if lateDeadline && cs.expired(now) && cs.do(cs.sess.Step(TimedOut{})) {
+			return gnet.Close
+		}
 		cs.rearm(now, false)
 		return gnet.None
 	}
