@@ -428,6 +428,10 @@ func TestLimitsRefusalsAreSummarised(t *testing.T) {
 	if n := errs.count(frame.CodeTooManyConns); n != burst {
 		t.Errorf("the observer saw %d ERROR too_many_connections sent, want %d", n, burst)
 	}
+	// And every one is a refused connection (lottery_connections_refused_total).
+	if n := errs.refusals(frame.CodeTooManyConns.String()); n != burst {
+		t.Errorf("the observer saw %d connections refused as too_many_connections, want %d (refused at open or evicted)", n, burst)
+	}
 	if most := int(elapsed/time.Second) + 2; len(lines) > most {
 		t.Errorf("%d connection_refused lines for a burst of %v, want at most one a second (%d)", len(lines), elapsed, most)
 	}
@@ -446,7 +450,8 @@ func TestLimitsRefusalsAreSummarised(t *testing.T) {
 // summary, not logged as a WARN line of its own.
 func TestLimitsEvictionsAreSummarised(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, Config{Agencies: 1, MaxPending: 5, HelloTimeout: time.Second}) // evicts after 100 ms
+	errs := &errorsSent{}
+	ts := startServer(t, Config{Agencies: 1, MaxPending: 5, HelloTimeout: time.Second, Observer: errs}) // evicts after 100 ms
 	const loop = 40
 	var peers []*peer
 	for range loop {
@@ -472,6 +477,10 @@ func TestLimitsEvictionsAreSummarised(t *testing.T) {
 	}
 	if evicted < loop/2 {
 		t.Fatalf("only %d of %d place-holders evicted; the test needs evictions", evicted, loop)
+	}
+	// Each eviction is a connection refused (lottery_connections_refused_total).
+	if n := errs.refusals(frame.CodeTooManyConns.String()); n < evicted {
+		t.Errorf("the observer saw %d connections refused as too_many_connections, want at least the %d evicted", n, evicted)
 	}
 	ts.logs.waitFor(t, fmt.Sprintf("connection_refused counts adding up to %d evictions", evicted), func() bool {
 		total := 0
@@ -563,8 +572,24 @@ func (v *shareView) Window(limit int) int { return min(v.share, limit) }
 // errorsSent is an Observer that counts the ERROR frames sent, by code.
 type errorsSent struct {
 	nopObserver
-	mu sync.Mutex
-	n  map[frame.Code]int
+	mu      sync.Mutex
+	n       map[frame.Code]int
+	refused map[string]int // ConnectionRefused, by reason
+}
+
+func (o *errorsSent) ConnectionRefused(reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.refused == nil {
+		o.refused = map[string]int{}
+	}
+	o.refused[reason]++
+}
+
+func (o *errorsSent) refusals(reason string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.refused[reason]
 }
 
 func (o *errorsSent) ErrorSent(code frame.Code) {

@@ -520,6 +520,7 @@ func (cs *conn) evict() gnet.Action {
 		cs.out = b
 		cs.srv.obs.ErrorSent(frame.CodeTooManyConns)
 	}
+	cs.srv.obs.ConnectionRefused(frame.CodeTooManyConns.String())
 	cs.sess.Step(Hangup{})
 	return gnet.Close
 }
