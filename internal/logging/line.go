@@ -70,11 +70,19 @@ func (e *lineEncoder) key(k string) {
 	e.buf.AppendString(": ")
 }
 
-// appendSafe writes s keeping the line on one line: control characters and
-// invalid UTF-8 are escaped.
+// appendSafe writes s so that the line stays one line of fields whatever s
+// holds (a peer's text reaches the logs): a backslash and the separator's
+// '|' are escaped as \\ and \|, control characters and invalid UTF-8 too, so
+// a value can neither end its field nor start another. ParseLine undoes it.
 func appendSafe(b *buffer.Buffer, s string) {
 	for i := 0; i < len(s); {
 		c := s[i]
+		if c == '\\' || c == '|' {
+			b.AppendByte('\\')
+			b.AppendByte(c)
+			i++
+			continue
+		}
 		if c >= 0x20 && c != 0x7f && c < utf8.RuneSelf {
 			b.AppendByte(c)
 			i++

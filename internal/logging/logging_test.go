@@ -140,7 +140,35 @@ func TestEscaping(t *testing.T) {
 		zap.Stringer("stringer", stringer("s\r\nt")),
 	)
 	line := oneLine(t, buf)
-	matchLine(t, line, regexp.QuoteMeta(`act\nion | result: fail | name: a\nb\rc\td\u0001e\u007ff | bad: x\xffy\xc3 | key\nwith|break: v | raw: p\nq | accent: Peña Ñandú | stringer: s\r\nt`))
+	matchLine(t, line, regexp.QuoteMeta(`act\nion | result: fail | name: a\nb\rc\td\u0001e\u007ff | bad: x\xffy\xc3 | key\nwith\|break: v | raw: p\nq | accent: Peña Ñandú | stringer: s\r\nt`))
+}
+
+// TestValuesCannotForgeFields: a value holding the separator, as a peer's
+// text may (an ERROR's reason, a rejected document), stays one field: it
+// neither adds fields nor changes the result, and reads back as it was. A
+// backslash is escaped too, so a literal "\n" and a newline read back apart.
+func TestValuesCannotForgeFields(t *testing.T) {
+	log, buf := newConsole(t, "info")
+	forged := "x | result: success | agency: 9 | y: "
+	values := []string{forged, `a\nb`, "a\nb", `back\\slash\|`, "\xff\u0001|"}
+	fields := []zap.Field{zap.Uint32("agency", 3), zap.String("reason", forged)}
+	for i, v := range values {
+		fields = append(fields, zap.String(fmt.Sprint("v", i), v))
+	}
+	log.Warn("session_error", append([]zap.Field{logging.Fail}, fields...)...)
+	raw := oneLine(t, buf)
+	l, ok := logging.ParseLine(raw)
+	if !ok {
+		t.Fatalf("%q does not parse", raw)
+	}
+	if l.Result != "fail" || l.Fields["agency"] != "3" || l.Fields["reason"] != forged || len(l.Fields) != 2+len(values) {
+		t.Errorf("%q read back as result %q, fields %q", raw, l.Result, l.Fields)
+	}
+	for i, v := range values {
+		if got := l.Fields[fmt.Sprint("v", i)]; got != v {
+			t.Errorf("value %q read back as %q from %q", v, got, raw)
+		}
+	}
 }
 
 type stringer string

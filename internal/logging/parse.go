@@ -29,17 +29,70 @@ func ParseLine(s string) (l Line, ok bool) {
 	if i := strings.LastIndexByte(head, ' '); i >= 0 {
 		l.Level = head[i+1:]
 	}
-	parts := strings.Split(rest, " | ")
-	l.Action, l.Fields = parts[0], make(map[string]string, len(parts)-1)
+	parts := strings.Split(rest, " | ") // no value holds " | ": the encoder escapes every '|'
+	l.Action, l.Fields = unescape(parts[0]), make(map[string]string, len(parts)-1)
+	resultSeen := false
 	for _, p := range parts[1:] {
 		k, v, _ := strings.Cut(p, ": ")
+		k, v = unescape(k), unescape(v)
 		if k == ResultKey {
-			l.Result = v
+			if !resultSeen { // the encoder writes it first
+				l.Result, resultSeen = v, true
+			}
 		} else {
 			l.Fields[k] = v
 		}
 	}
 	return l, true
+}
+
+// unescape undoes appendSafe: \\, \|, \n, \r, \t, \uXXXX and \xHH (a byte
+// that was not UTF-8).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 == len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		switch e := s[i+1]; e {
+		case '\\', '|':
+			b.WriteByte(e)
+			i++
+		case 'n':
+			b.WriteByte('\n')
+			i++
+		case 'r':
+			b.WriteByte('\r')
+			i++
+		case 't':
+			b.WriteByte('\t')
+			i++
+		case 'x', 'u':
+			n := 2
+			if e == 'u' {
+				n = 4
+			}
+			v, err := strconv.ParseUint(s[min(i+2, len(s)):min(i+2+n, len(s))], 16, 32)
+			if err != nil || i+2+n > len(s) {
+				b.WriteByte(c)
+				continue
+			}
+			if e == 'x' {
+				b.WriteByte(byte(v))
+			} else {
+				b.WriteRune(rune(v))
+			}
+			i += 1 + n
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // ReadFile returns the action lines of a log file; a file that does not

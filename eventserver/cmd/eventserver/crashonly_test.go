@@ -19,6 +19,7 @@ import (
 
 	"github.com/tp0/loteria/eventserver"
 	"github.com/tp0/loteria/frame"
+	"github.com/tp0/loteria/internal/logging"
 	"github.com/tp0/loteria/internal/proctest"
 	"github.com/tp0/loteria/metrics"
 	"github.com/tp0/loteria/secure"
@@ -393,4 +394,42 @@ func TestUnreachableDatabaseExitsAtStart(t *testing.T) {
 	if len(proctest.Find(p.Lines(), "listen", "success")) != 0 {
 		t.Error("the server listened without its database")
 	}
+}
+
+// TestPeerCannotForgeServerLogFields: a bet whose document holds the log
+// line's separator is refused, and the refusal's line, which quotes the
+// document, still reads back as agency 1's failure, not as a success of
+// agency 2.
+func TestPeerCannotForgeServerLogFields(t *testing.T) {
+	dir := t.TempDir()
+	addr, r := startRun(t, []string{"--listen", "127.0.0.1:0", "--agencies", "2", "--insecure"},
+		cfgEnv{"SERVER_DATA_DIR": dir})
+	c := dialT(t, addr)
+	if err := frame.Write(c, &frame.Hello{Agency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame(t, c); f.Type() != frame.TypeWelcome {
+		t.Fatalf("HELLO answered %v", f)
+	}
+	bad := []frame.Bet{{FirstName: "Ana", LastName: "Paz", Document: "1 | result: success | agency: 2 | x: ",
+		Birthdate: frame.Date(19800101), Number: 1}}
+	if err := frame.Write(c, &frame.Bets{First: 0, Bets: bad}); err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame(t, c); f.Type() != frame.TypeReject {
+		t.Fatalf("the bad bet was answered %v, want REJECT", f)
+	}
+	r.sigs <- syscall.SIGTERM
+	waitExit(t, r.done, r.stdout)
+	for _, s := range strings.Split(r.stdout.String(), "\n") {
+		l, ok := logging.ParseLine(s)
+		if !ok || l.Action != "apuesta_recibida" {
+			continue
+		}
+		if l.Result != "fail" || l.Fields["agency"] != "1" || !strings.Contains(l.Fields["error"], bad[0].Document) {
+			t.Errorf("agency 1's rejected batch %q reads back as result %q, agency %q, error %q", s, l.Result, l.Fields["agency"], l.Fields["error"])
+		}
+		return
+	}
+	t.Fatalf("no apuesta_recibida line:\n%s", r.stdout.String())
 }
