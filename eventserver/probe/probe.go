@@ -17,12 +17,13 @@ import (
 // random payload with a PONG echoing it, all within timeout. It is the
 // health check: it needs no HELLO and leaves no trace in the store.
 func Ping(address string, timeout time.Duration) error {
-	conn, err := net.DialTimeout("tcp", address, timeout)
+	deadline := time.Now().Add(timeout) // one deadline for the dial and the exchange
+	conn, err := (&net.Dialer{Deadline: deadline}).Dial("tcp", address)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
+	conn.SetDeadline(deadline)
 	payload := make([]byte, 16)
 	rand.Read(payload)
 	if err := frame.Write(conn, &frame.Ping{Payload: payload}); err != nil {
