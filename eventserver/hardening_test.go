@@ -660,6 +660,39 @@ func TestDrainingRefusesAnUndecodableHeader(t *testing.T) {
 	release()
 }
 
+// TestDrainingDropsAMalformedPayload: while a session drains, a frame read
+// whole but malformed is dropped like any new frame: the batch handed to the
+// writer is still ACKed, then the connection gets ERROR shutting_down.
+func TestDrainingDropsAMalformedPayload(t *testing.T) {
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 1, StoreSync: storeSync, ShutdownGrace: 20 * time.Second}, optInsecure())
+	p := ts.mustDial(t, 1)
+	mustWrite(t, p, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, p)
+	arm()
+	mustWrite(t, p, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
+	for deadline := time.Now().Add(hangGuard); ts.Hub().InFlight() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
+	ts.cancel() // SIGTERM with the batch in flight: the session drains
+	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
+	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
+	// A HELLO whose 2-byte payload is truncated.
+	if err := p.sendRaw([]byte{frame.Version, byte(frame.TypeHello), 0, 2, 0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	release()
+	if a := expectFrame[*frame.Ack](t, p); a.First != 0 || a.Count != 3 {
+		t.Errorf("ACK %+v, want the 3 bets handed to the writer", a)
+	}
+	if e := expectFrame[*frame.Error](t, p); e.Code != frame.CodeShuttingDown {
+		t.Errorf("ERROR %s (%s), want %s", e.Code, e.Reason, frame.CodeShuttingDown)
+	}
+}
+
 // TestStarvedConnectionIsNotCutForAFrameItSent: while the store's budget
 // of requests is spent (a disk stalled for longer than the read timeout)
 // the server reads no connection, so an agency waiting for the draw whose

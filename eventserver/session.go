@@ -268,7 +268,9 @@ func (s *Session) Step(ev Event) Output {
 	switch ev := ev.(type) {
 	case Received:
 		if s.draining {
-			if ev.Frame == nil && ev.Err != nil { // a bad header: nothing was consumed, so the stream cannot go on
+			// A header that does not parse consumed nothing: the stream cannot
+			// go on. A frame read whole but malformed is dropped like the rest.
+			if ev.Frame == nil && ev.Err != nil && decodeCode(ev.Err) != frame.CodeMalformed {
 				return s.fail(decodeCode(ev.Err), ev.Err.Error())
 			}
 			return Output{} // nothing new is taken on: the peer resends it to the next server

@@ -1249,3 +1249,17 @@ func TestSessionServerPingPayload(t *testing.T) {
 		s.Step(received(t, &frame.Pong{Payload: p.Payload}))
 	}
 }
+
+// TestSessionDrainDropsAMalformedPayload: while draining, a frame read whole
+// but malformed is dropped like any other new frame; the batch handed to the
+// writer is still ACKed before ERROR shutting_down.
+func TestSessionDrainDropsAMalformedPayload(t *testing.T) {
+	runScripts(t, []scriptCase{
+		{"a malformed payload while draining is dropped, the ACK still sent", `
+			hello 1       => register=1 WELCOME(held=0,w=3,c0) ; uploading frame
+			bets 0 2      => request=bets(a=1,0+2) ; uploading none
+			shutdown      => - ; uploading none
+			raw malformed => - ; uploading none
+			stored 2 2    => ACK(0+2,held=2,c2) ERROR(shutting_down) close ; closed none`},
+	})
+}
