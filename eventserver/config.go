@@ -207,6 +207,9 @@ func LoadConfig(program string, args []string, stdout io.Writer, env func(string
 		if _, err := pgstore.ParseURL(*store); err != nil {
 			e := set.Invalid("store", err)
 			e.Value = redactURL(e.Value) // the URL may hold a password
+			if u, perr := url.Parse(*store); perr != nil || u.Scheme == "" || u.Host == "" {
+				e.Value = "(not shown: not a URL, and it may hold a password)" // a key=value DSN, say
+			}
 			return Config{}, e
 		}
 	}

@@ -754,3 +754,35 @@ func TestPartialHandshakeHitsTheHelloTimeout(t *testing.T) {
 		t.Fatalf("got %s, want ERROR timeout", brief(f))
 	}
 }
+
+// TestStarvedPartialFrameStillTimesOut: while the store's budget is spent
+// (a disk that stalls), a connection holding only part of a frame is not
+// a peer that answered: it is cut by its timeout (here the hello timeout)
+// as ever, not kept for as long as the stall lasts.
+func TestStarvedPartialFrameStillTimesOut(t *testing.T) {
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1, PingInterval: 300 * time.Millisecond,
+		ReadTimeout: time.Second, HelloTimeout: 500 * time.Millisecond}, optInsecure())
+	arm()
+	up := ts.mustDial(t, 1)
+	mustWrite(t, up, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, up)
+	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: the budget (1) is spent
+	for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
+	lurker := ts.mustDialPlain(t)
+	if err := lurker.sendRaw([]byte{frame.Version}); err != nil { // one byte of a header, then silence
+		t.Fatal(err)
+	}
+	f, err := lurker.readWithin(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no ERROR within 5 s (hello timeout 500 ms) while the store stalls: %v", err)
+	}
+	if e, ok := f.(*frame.Error); !ok || e.Code != frame.CodeTimeout {
+		t.Errorf("got %s, want ERROR timeout", brief(f))
+	}
+	release()
+}

@@ -486,7 +486,7 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	if starved && c.InboundBuffered() > 0 {
 		s.starve(cs)
 	}
-	if lateDeadline && !(starved && c.InboundBuffered() > 0) {
+	if lateDeadline && !(starved && cs.frameWaiting()) {
 		cs.rearm(now, received)
 		if cs.expired(now) && cs.do(cs.sess.Step(TimedOut{})) {
 			return gnet.Close
@@ -498,6 +498,23 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	}
 	cs.rearm(now, received)
 	return gnet.None
+}
+
+// frameWaiting reports whether a whole frame, or a header that does not
+// parse, waits unread: while the store's budget is spent the server reads
+// nothing, and a deadline is not judged against a peer that did answer. A
+// partial frame (a peer trickling bytes, or gone) does not count.
+func (cs *conn) frameWaiting() bool {
+	hb, err := cs.tr.Peek(frame.HeaderSize)
+	if err != nil {
+		return false
+	}
+	h, err := frame.ParseHeader(hb, cs.srv.cfg.MaxFrame)
+	if err != nil {
+		return true // whole enough: reading it ends the session with its error
+	}
+	_, err = cs.tr.Peek(h.Size())
+	return err == nil
 }
 
 // evict tells a connection that has not said HELLO that a newer one took

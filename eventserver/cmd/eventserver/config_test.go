@@ -472,6 +472,7 @@ func TestServerBadSettings(t *testing.T) {
 		{"rebuild-journal with store", []string{"--rebuild-journal", "--store", "postgres://u:" + storePassword + "@127.0.0.1/x"}, nil, false,
 			[]string{"setting rebuild-journal", "PostgreSQL has none"}},
 		{"store not postgres", nil, cfgEnv{"SERVER_STORE": "mysql://u:" + storePassword + "@db/x"}, false, []string{"setting store", "postgres://"}},
+		{"store as key=value", nil, cfgEnv{"SERVER_STORE": "host=db user=lottery password=" + storePassword}, false, []string{"setting store", "env SERVER_STORE", "not shown"}},
 		{"max-frame 9000", []string{"--max-frame", "9000"}, nil, false, []string{"setting max-frame", "9000", "8192"}},
 		{"max-frame 10", nil, cfgEnv{"SERVER_MAX_FRAME": "10"}, false, []string{"setting max-frame", "got 10"}},
 		{"max-pending list", []string{"--config", listFile}, nil, false, []string{"setting max-pending", listFile, "limits.max_pending", "list or mapping"}},
