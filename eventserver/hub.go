@@ -424,8 +424,9 @@ func (h *Hub) draw() error {
 		return fmt.Errorf("save the draw's statement: %w", err)
 	}
 	if !bytes.Equal(kept, statement) {
-		// Another server sharing the store drew first: publish its
-		// statement, so that every server pushes the same root.
+		// Another server sharing the store drew first, or this store
+		// kept an earlier statement: publish the statement of record, so
+		// that every server, and every start, pushes the same root.
 		var st receipt.Statement
 		if err := st.UnmarshalJSON(kept); err != nil {
 			return fmt.Errorf("read the draw's statement of record: %w", err)

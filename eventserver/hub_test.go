@@ -1027,3 +1027,64 @@ func TestHubSubmitToAClosedStore(t *testing.T) {
 	p.none(t) // Done never runs for a request that was not queued
 	c.none(t)
 }
+
+// TestHubRebuiltJournalAfterTheDrawKeepsTheStatement: a journal lost after
+// the draw and rebuilt (--rebuild-journal, as the server advises) forgets
+// every FINISHED; the draw's statement restores them, so the restarted
+// server has drawn, with the same root and winners, takes no new bet and
+// keeps commitment.json as it was.
+func TestHubRebuiltJournalAfterTheDrawKeepsTheStatement(t *testing.T) {
+	dir := t.TempDir()
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	storeLottery(t, h, newRecPeer("p"))
+	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	first, ok := h.Commitment()
+	if !ok {
+		t.Fatal("no draw")
+	}
+	w3, _, _ := h.Winners(3)
+	statement, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeHub(t, h, st)
+
+	// The journal is lost (a disk fault); the operator follows the
+	// server's advice and starts once with --rebuild-journal.
+	if err := os.Remove(filepath.Join(dir, filestore.JournalFile)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := filestore.Open(dir, filestore.Options{Agencies: 3, WinningNumber: hubWinning, RebuildJournal: true})
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	st2, err := persist.New(b, persist.Options{Agencies: 3, WinningNumber: hubWinning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2 := NewHub(st2, zap.NewNop(), nil, hubKey)
+	defer closeHub(t, h2, st2)
+	if !isDrawn(h2) {
+		t.Errorf("commitment.json holds the draw of every agency, yet the rebuilt server has not drawn (finished %d of 3)",
+			h2.FinishedCount())
+	}
+	// Agency 3, which won nothing, adds a winning bet after the winners were
+	// published, then every agency finishes again.
+	p := newRecPeer("p")
+	if r := submit(t, h2, p, &persist.Request{Agency: 3, First: 1, Bets: []frame.Bet{hubBet("99999999", hubWinning)}}); r.Err == nil {
+		t.Errorf("agency 3 stored a bet after the draw: %+v", r)
+	}
+	for a, n := range map[uint32]uint64{1: 3, 2: 3, 3: 2} {
+		submit(t, h2, p, &persist.Request{Agency: a, Finish: true, Total: n})
+	}
+	if again, ok := h2.Commitment(); ok && again != first {
+		t.Errorf("second draw pushes root %x, agencies already got %x", again.Root[:4], first.Root[:4])
+	}
+	if w, _, ok := h2.Winners(3); ok && len(w) != len(w3) {
+		t.Errorf("agency 3 winners now %q, the first draw gave %q", w, w3)
+	}
+	if again, _ := os.ReadFile(filepath.Join(dir, filestore.DrawFile)); !bytes.Equal(again, statement) {
+		t.Errorf("commitment.json was replaced by a different statement")
+	}
+}

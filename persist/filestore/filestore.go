@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,9 +136,17 @@ func (s *Store) Winners() (map[uint32][]string, error) {
 	return out, nil
 }
 
-// SaveDraw writes the draw's signed statement to commitment.json. No other
-// server writes the directory, so the statement of record is statement.
+// SaveDraw writes the draw's signed statement to commitment.json and
+// returns the statement of record: the first one saved, which is kept
+// (recovery has checked it against the store), never replaced.
 func (s *Store) SaveDraw(statement []byte) ([]byte, error) {
+	kept, err := os.ReadFile(s.path(DrawFile))
+	if err == nil {
+		return kept, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read the draw's statement: %w", err)
+	}
 	if err := writeFileAtomic(s.dir, DrawFile, statement, s.sync); err != nil {
 		return nil, err
 	}

@@ -88,6 +88,9 @@ func (s *Store) recover() error {
 			a.Finished, a.Total = true, e.total
 		}
 	}
+	if err := s.checkDraw(lottery); err != nil {
+		return err
+	}
 	for i, a := range s.state.Agencies {
 		if a.Finished && a.Total != a.Held {
 			return fmt.Errorf("%w: agency %d finished with %d bets but %s holds %d of its rows: "+
@@ -108,6 +111,45 @@ func (s *Store) recover() error {
 }
 
 func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
+
+// checkDraw holds the recovered state to the draw's statement, when the
+// directory has one: the agencies got its root, so every agency must hold
+// exactly the bets and chain it committed to, and is finished with that
+// total. A journal rebuilt, or restored from before the draw, forgets
+// FINISHED facts; the statement keeps them, so the lottery can neither
+// reopen nor draw again with another result.
+func (s *Store) checkDraw(lottery frame.Hash) error {
+	path := s.path(DrawFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the draw's statement: %w", err)
+	}
+	var st receipt.Statement
+	if err = st.UnmarshalJSON(data); err == nil {
+		err = st.Check(nil)
+	}
+	if err == nil && (st.Lottery != lottery || int(st.Agencies) != s.opts.Agencies) {
+		err = fmt.Errorf("it is the draw of lottery %x with %d agencies, this directory holds lottery %x with %d",
+			st.Lottery[:], st.Agencies, lottery[:], s.opts.Agencies)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s is not this lottery's draw statement: %v; restore it from a backup "+
+			"(the agencies hold its root)", ErrCorrupt, path, err)
+	}
+	for i, l := range st.Leaves {
+		a := &s.state.Agencies[i]
+		if l.Bets != a.Held || l.Chain != a.Chain.Sum() {
+			return fmt.Errorf("%w: the draw (%s) committed to %d bets of agency %d with chain %x, but %s holds %d "+
+				"with chain %x: bets changed after the draw; restore %s from a backup", ErrCorrupt, path, l.Bets,
+				i+1, l.Chain, s.path(BetsFile), a.Held, a.Chain.Sum(), BetsFile)
+		}
+		a.Finished, a.Total = true, l.Bets
+	}
+	return nil
+}
 
 func (s *Store) checkMeta() (frame.Hash, error) {
 	path := s.path(MetaFile)

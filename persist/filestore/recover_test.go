@@ -743,3 +743,113 @@ func TestReadLottery(t *testing.T) {
 		t.Errorf("ReadLottery of an empty dir: %v, want a not-exist error", err)
 	}
 }
+
+// drawnDir is a closed data directory whose three agencies all finished and
+// whose draw's statement is saved, with that statement.
+func drawnDir(t *testing.T) (string, receipt.Statement) {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := Open(dir, testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := writerOver(t, b)
+	sizes := []int{5, 0, 3}
+	for i, n := range sizes {
+		a := uint32(i + 1)
+		if n > 0 {
+			put(t, w, a, 0, persisttest.Bets(a, 0, n))
+		}
+		finish(t, w, a, uint64(n))
+	}
+	st, _ := b.State()
+	leaves := make([]receipt.Leaf, len(sizes))
+	for i, a := range st.Agencies {
+		leaves[i] = receipt.Leaf{Agency: uint32(i + 1), Bets: a.Held, Chain: a.Chain.Sum()}
+	}
+	statement := receipt.Statement{Commitment: receipt.Commitment{Lottery: st.Lottery, Agencies: uint32(len(sizes)),
+		Root: receipt.NewTree(leaves).Root()}, Leaves: leaves}
+	data, err := statement.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.SaveDraw(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, statement
+}
+
+// TestRecoverHoldsTheDrawStatement: once the draw's statement is saved, the
+// agencies hold its root. A journal rebuilt after it gets every FINISHED
+// back from it; a statement that does not fit the lottery or its bets
+// refuses the start, naming commitment.json; and a later SaveDraw keeps
+// the first statement.
+func TestRecoverHoldsTheDrawStatement(t *testing.T) {
+	dir, statement := drawnDir(t)
+	write := func(dir string, st receipt.Statement) {
+		data, err := st.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, DrawFile), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("rebuilt journal", func(t *testing.T) {
+		d := copyDir(t, dir)
+		if err := os.Remove(filepath.Join(d, JournalFile)); err != nil {
+			t.Fatal(err)
+		}
+		opts := testOpts
+		opts.RebuildJournal = true
+		st, _ := open(t, d, opts).State()
+		for i, a := range st.Agencies {
+			if l := statement.Leaves[i]; !a.Finished || a.Total != l.Bets || a.Held != l.Bets {
+				t.Errorf("agency %d: finished %v with %d, holds %d; the draw committed to %d", i+1, a.Finished, a.Total, a.Held, l.Bets)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		edit func(d string)
+		want string
+	}{
+		{"not a statement", func(d string) {
+			if err := os.WriteFile(filepath.Join(d, DrawFile), []byte("{not json"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "not this lottery's draw statement"},
+		{"another lottery", func(d string) {
+			other := statement
+			other.Lottery[0] ^= 1
+			write(d, other)
+		}, "the draw of lottery"},
+		{"other bets", func(d string) {
+			other := statement
+			other.Leaves = slices.Clone(statement.Leaves)
+			other.Leaves[0].Bets++
+			other.Root = receipt.NewTree(other.Leaves).Root()
+			write(d, other)
+		}, "bets changed after the draw"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := copyDir(t, dir)
+			tc.edit(d)
+			_, err := Open(d, testOpts)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), DrawFile) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open: %v; want ErrCorrupt naming %s and saying %q", err, DrawFile, tc.want)
+			}
+		})
+	}
+	t.Run("SaveDraw keeps the first", func(t *testing.T) {
+		d := copyDir(t, dir)
+		first := readFile(t, d, DrawFile)
+		kept, err := open(t, d, testOpts).SaveDraw([]byte(`{"another":"statement"}`))
+		if err != nil || !bytes.Equal(kept, first) || !bytes.Equal(readFile(t, d, DrawFile), first) {
+			t.Errorf("SaveDraw over a saved statement: %q, %v; want the first kept", kept, err)
+		}
+	})
+}
