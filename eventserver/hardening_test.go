@@ -786,3 +786,82 @@ func TestStarvedPartialFrameStillTimesOut(t *testing.T) {
 	}
 	release()
 }
+
+// TestStarvedWholeFrameIsPutOff: while the store's budget is spent, an
+// agency whose whole frame waits unread is not timed out, secured (where
+// a peek decrypts the frame out of gnet's buffer) as in plaintext.
+func TestStarvedWholeFrameIsPutOff(t *testing.T) {
+	for _, mode := range []string{"insecure", "secure"} {
+		t.Run(mode, func(t *testing.T) {
+			storeSync, arm, release := stallingSync(t)
+			var opts []serverOption
+			if mode == "insecure" {
+				opts = append(opts, optInsecure())
+			}
+			ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
+				PingInterval: time.Minute, ReadTimeout: 500 * time.Millisecond, HelloTimeout: 5 * time.Second}, opts...)
+			good := ts.mustDial(t, 2)
+			mustWrite(t, good, &frame.Hello{Agency: 2})
+			expectFrame[*frame.Welcome](t, good)
+			arm()
+			up := ts.mustDial(t, 1)
+			mustWrite(t, up, &frame.Hello{Agency: 1})
+			expectFrame[*frame.Welcome](t, up)
+			mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: budget spent
+			for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the batch never reached the store")
+				}
+			}
+			// The good agency sends a whole PING in time; the server cannot read it.
+			mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
+			time.Sleep(2 * time.Second) // four read timeouts of stall
+			release()
+			f, err := good.readWithin(5 * time.Second)
+			if err != nil {
+				t.Fatalf("no answer after the stall: %v", err)
+			}
+			if p, ok := f.(*frame.Pong); !ok || string(p.Payload) != "alive" {
+				t.Fatalf("got %s, want PONG: an agency with a whole frame waiting was timed out during the stall", brief(f))
+			}
+		})
+	}
+}
+
+// TestStarvedUndecryptableRecordIsLost: a transport record that does not
+// decrypt loses the stream: the connection closes without an answer and a
+// connection_lost line (transport.fatal, closeLost). When it is met by
+// frameWaiting's Peek, while the budget is spent and a deadline passed, the
+// error is swallowed and the session is instead sent ERROR timeout.
+// TestStarvedUndecryptableRecordIsLost: while the store's budget is
+// spent, a record that does not decrypt still loses the connection without
+// an answer (connection_lost), not a sealed ERROR timeout.
+func TestStarvedUndecryptableRecordIsLost(t *testing.T) {
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
+		PingInterval: time.Minute, ReadTimeout: 500 * time.Millisecond, HelloTimeout: 5 * time.Second})
+	bad := ts.mustDial(t, 2)
+	mustWrite(t, bad, &frame.Hello{Agency: 2})
+	expectFrame[*frame.Welcome](t, bad)
+	arm()
+	up := ts.mustDial(t, 1)
+	mustWrite(t, up, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, up)
+	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
+	for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
+	// A transport record of a PING-sized body whose tag does not verify.
+	rec := append([]byte{0xE3, 0, 20}, make([]byte, 20)...)
+	if err := bad.sendRaw(rec); err != nil {
+		t.Fatal(err)
+	}
+	f, err := bad.readWithin(5 * time.Second)
+	defer release()
+	if err == nil {
+		t.Fatalf("got %s after a record that does not decrypt, want the connection closed without an answer", brief(f))
+	}
+	ts.logs.wait(t, "connection_lost", nil)
+}

@@ -433,7 +433,7 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 				ev = Flooded{Reason: fmt.Sprintf("did not read %d bytes of answers within %v", c.OutboundBuffered(), s.cfg.ReadTimeout)}
 			case !cs.expired(now):
 				continue // a frame arrived after the sweep saw the deadline pass
-			case c.InboundBuffered() > 0:
+			case cs.tr.unread() > 0:
 				lateDeadline = true // judged after reading what the peer already sent
 				continue
 			}
@@ -483,10 +483,17 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 	} else {
 		s.unpause(cs)
 	}
-	if starved && c.InboundBuffered() > 0 {
+	if starved && cs.tr.unread() > 0 {
 		s.starve(cs)
 	}
-	if lateDeadline && !(starved && cs.frameWaiting()) {
+	waiting := false
+	if lateDeadline && starved {
+		var err error
+		if waiting, err = cs.frameWaiting(); err != nil {
+			return cs.closeLost(err)
+		}
+	}
+	if lateDeadline && !waiting {
 		cs.rearm(now, received)
 		if cs.expired(now) && cs.do(cs.sess.Step(TimedOut{})) {
 			return gnet.Close
@@ -504,17 +511,23 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 // parse, waits unread: while the store's budget is spent the server reads
 // nothing, and a deadline is not judged against a peer that did answer. A
 // partial frame (a peer trickling bytes, or gone) does not count.
-func (cs *conn) frameWaiting() bool {
+func (cs *conn) frameWaiting() (bool, error) {
 	hb, err := cs.tr.Peek(frame.HeaderSize)
 	if err != nil {
-		return false
+		if cs.tr.fatal(err) {
+			return false, err
+		}
+		return false, nil
 	}
 	h, err := frame.ParseHeader(hb, cs.srv.cfg.MaxFrame)
 	if err != nil {
-		return true // whole enough: reading it ends the session with its error
+		return true, nil // whole enough: reading it ends the session with its error
 	}
 	_, err = cs.tr.Peek(h.Size())
-	return err == nil
+	if err != nil && cs.tr.fatal(err) {
+		return false, err
+	}
+	return err == nil, nil
 }
 
 // evict tells a connection that has not said HELLO that a newer one took

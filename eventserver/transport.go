@@ -29,6 +29,8 @@ type transport interface {
 	// fatal reports whether a decoding error means the stream is lost
 	// and the connection must close without an answer.
 	fatal(err error) bool
+	// unread is how many received bytes wait unread, decrypted or not.
+	unread() int
 }
 
 func (s *Server) newTransport(cs *conn) transport {
@@ -70,6 +72,8 @@ func (t *plainTransport) start(cs *conn, _ time.Time) (bool, bool) {
 func (t *plainTransport) proven() uint32 { return 0 }
 
 func (t *plainTransport) fatal(error) bool { return false }
+
+func (t *plainTransport) unread() int { return t.InboundBuffered() }
 
 // secureTransport is a Noise IK connection, or a plaintext peer of a
 // secured server, which may only PING.
@@ -152,6 +156,13 @@ func (t *secureTransport) proven() uint32 {
 		return a
 	}
 	return 0
+}
+
+func (t *secureTransport) unread() int {
+	if t.plaintext || !t.sc.Established() {
+		return t.raw.InboundBuffered()
+	}
+	return t.raw.InboundBuffered() + t.sc.Held()
 }
 
 // fatal: a record that does not decrypt, or is malformed, loses the stream;

@@ -161,6 +161,9 @@ func (c *ServerConn) Peek(n int) ([]byte, error) {
 	return c.in.bytes(n), nil
 }
 
+// Held is how many decrypted bytes wait, not yet discarded.
+func (c *ServerConn) Held() int { return c.in.held() }
+
 // Discard drops the next n decrypted bytes; n <= 0 drops all that are held.
 func (c *ServerConn) Discard(n int) (int, error) {
 	if !c.done {
