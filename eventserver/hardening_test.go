@@ -709,11 +709,7 @@ func TestStarvedConnectionIsNotCutForAFrameItSent(t *testing.T) {
 	expectFrame[*frame.Receipt](t, waiting)
 	expectFrame[*frame.NotReady](t, waiting)
 
-	arm()
-	up := ts.mustDial(t, 1)
-	mustWrite(t, up, &frame.Hello{Agency: 1})
-	expectFrame[*frame.Welcome](t, up)
-	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: the budget (1) is spent
+	spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
 
 	f, err := waiting.readWithin(3 * time.Second)
 	if err != nil {
@@ -763,16 +759,7 @@ func TestStarvedPartialFrameStillTimesOut(t *testing.T) {
 	storeSync, arm, release := stallingSync(t)
 	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1, PingInterval: 300 * time.Millisecond,
 		ReadTimeout: time.Second, HelloTimeout: 500 * time.Millisecond}, optInsecure())
-	arm()
-	up := ts.mustDial(t, 1)
-	mustWrite(t, up, &frame.Hello{Agency: 1})
-	expectFrame[*frame.Welcome](t, up)
-	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: the budget (1) is spent
-	for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the batch never reached the store")
-		}
-	}
+	spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
 	lurker := ts.mustDialPlain(t)
 	if err := lurker.sendRaw([]byte{frame.Version}); err != nil { // one byte of a header, then silence
 		t.Fatal(err)
@@ -803,16 +790,7 @@ func TestStarvedWholeFrameIsPutOff(t *testing.T) {
 			good := ts.mustDial(t, 2)
 			mustWrite(t, good, &frame.Hello{Agency: 2})
 			expectFrame[*frame.Welcome](t, good)
-			arm()
-			up := ts.mustDial(t, 1)
-			mustWrite(t, up, &frame.Hello{Agency: 1})
-			expectFrame[*frame.Welcome](t, up)
-			mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)}) // the disk stalls: budget spent
-			for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("the batch never reached the store")
-				}
-			}
+			spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
 			// The good agency sends a whole PING in time; the server cannot read it.
 			mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
 			time.Sleep(2 * time.Second) // four read timeouts of stall
@@ -843,16 +821,7 @@ func TestStarvedUndecryptableRecordIsLost(t *testing.T) {
 	bad := ts.mustDial(t, 2)
 	mustWrite(t, bad, &frame.Hello{Agency: 2})
 	expectFrame[*frame.Welcome](t, bad)
-	arm()
-	up := ts.mustDial(t, 1)
-	mustWrite(t, up, &frame.Hello{Agency: 1})
-	expectFrame[*frame.Welcome](t, up)
-	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
-	for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the batch never reached the store")
-		}
-	}
+	spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
 	// A transport record of a PING-sized body whose tag does not verify.
 	rec := append([]byte{0xE3, 0, 20}, make([]byte, 20)...)
 	if err := bad.sendRaw(rec); err != nil {
@@ -864,4 +833,20 @@ func TestStarvedUndecryptableRecordIsLost(t *testing.T) {
 		t.Fatalf("got %s after a record that does not decrypt, want the connection closed without an answer", brief(f))
 	}
 	ts.logs.wait(t, "connection_lost", nil)
+}
+
+// spendBudget arms the stalling disk and has agency 1 hand it a batch, so
+// that the store's budget of one request (MaxInFlight: 1) is spent.
+func spendBudget(t *testing.T, ts *testServer, arm func()) {
+	t.Helper()
+	arm()
+	up := ts.mustDial(t, 1)
+	mustWrite(t, up, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, up)
+	mustWrite(t, up, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
+	for deadline := time.Now().Add(hangGuard); !ts.Hub().Saturated(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
 }
