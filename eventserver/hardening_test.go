@@ -850,3 +850,33 @@ func spendBudget(t *testing.T, ts *testServer, arm func()) {
 		}
 	}
 }
+
+// TestStarvedHangupReportsUnreadFrame: an agency that leaves while a whole
+// frame of it waits unread (the store stalled) is logged as having lost
+// bytes, secured (where a peek has decrypted the frame out of gnet's
+// buffer) as in plaintext.
+func TestStarvedHangupReportsUnreadFrame(t *testing.T) {
+	for _, mode := range []string{"insecure", "secure"} {
+		t.Run(mode, func(t *testing.T) {
+			storeSync, arm, release := stallingSync(t)
+			defer release()
+			var opts []serverOption
+			if mode == "insecure" {
+				opts = append(opts, optInsecure())
+			}
+			ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
+				PingInterval: time.Minute, ReadTimeout: 300 * time.Millisecond, HelloTimeout: 5 * time.Second}, opts...)
+			good := ts.mustDial(t, 2)
+			mustWrite(t, good, &frame.Hello{Agency: 2})
+			expectFrame[*frame.Welcome](t, good)
+			spendBudget(t, ts, arm)
+			mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
+			time.Sleep(time.Second) // past the read timeout: the sweep's TimedOut peeks the frame
+			good.close()
+			f := ts.logs.wait(t, "connection_closed", map[string]string{"agency": "2"})
+			if f["result"] != "fail" || f["unread_bytes"] == nil {
+				t.Errorf("connection_closed %v: a whole PING was never read, want result fail with unread_bytes", f)
+			}
+		})
+	}
+}

@@ -371,7 +371,7 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	state := cs.sess.State()
 	cs.sess.Step(Hangup{})
 	// A peer that leaves mid-frame loses those bytes: say so with a fail line.
-	unread := c.InboundBuffered()
+	unread := cs.tr.unread() // raw bytes and any frame the transport decrypted already
 	dropped := unread > 0 && state != Closed
 	result := logging.Success
 	if dropped {
