@@ -632,21 +632,7 @@ func stallingSync(t *testing.T) (storeSync func(*os.File) error, arm func(), rel
 // used to drop such a frame without consuming it, and its event loop then
 // decoded the same four bytes forever, serving no other connection.
 func TestDrainingRefusesAnUndecodableHeader(t *testing.T) {
-	storeSync, arm, release := stallingSync(t)
-	ts := startServer(t, Config{Agencies: 1, StoreSync: storeSync, ShutdownGrace: 20 * time.Second}, optInsecure())
-	p := ts.mustDial(t, 1)
-	mustWrite(t, p, &frame.Hello{Agency: 1})
-	expectFrame[*frame.Welcome](t, p)
-	arm()
-	mustWrite(t, p, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
-	for deadline := time.Now().Add(hangGuard); ts.Hub().InFlight() == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the batch never reached the store")
-		}
-	}
-	ts.cancel() // SIGTERM with the batch in flight: the session drains
-	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
-	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
+	ts, p, release := drainingWithABatchInFlight(t)
 	// A header of protocol version 0x63.
 	if err := p.sendRaw([]byte{0x63, byte(frame.TypePing), 0, 0}); err != nil {
 		t.Fatal(err)
@@ -664,21 +650,7 @@ func TestDrainingRefusesAnUndecodableHeader(t *testing.T) {
 // whole but malformed is dropped like any new frame: the batch handed to the
 // writer is still ACKed, then the connection gets ERROR shutting_down.
 func TestDrainingDropsAMalformedPayload(t *testing.T) {
-	storeSync, arm, release := stallingSync(t)
-	ts := startServer(t, Config{Agencies: 1, StoreSync: storeSync, ShutdownGrace: 20 * time.Second}, optInsecure())
-	p := ts.mustDial(t, 1)
-	mustWrite(t, p, &frame.Hello{Agency: 1})
-	expectFrame[*frame.Welcome](t, p)
-	arm()
-	mustWrite(t, p, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
-	for deadline := time.Now().Add(hangGuard); ts.Hub().InFlight() == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the batch never reached the store")
-		}
-	}
-	ts.cancel() // SIGTERM with the batch in flight: the session drains
-	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
-	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
+	_, p, release := drainingWithABatchInFlight(t)
 	// A HELLO whose 2-byte payload is truncated.
 	if err := p.sendRaw([]byte{frame.Version, byte(frame.TypeHello), 0, 2, 0, 1}); err != nil {
 		t.Fatal(err)
@@ -702,12 +674,7 @@ func TestStarvedConnectionIsNotCutForAFrameItSent(t *testing.T) {
 	storeSync, arm, release := stallingSync(t)
 	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1, PingInterval: 300 * time.Millisecond,
 		ReadTimeout: time.Second, HelloTimeout: 4 * time.Second}, optInsecure())
-	waiting := ts.mustDial(t, 2)
-	mustWrite(t, waiting, &frame.Hello{Agency: 2})
-	expectFrame[*frame.Welcome](t, waiting)
-	mustWrite(t, waiting, &frame.Finished{Total: 0})
-	expectFrame[*frame.Receipt](t, waiting)
-	expectFrame[*frame.NotReady](t, waiting)
+	waiting := waitingAgency(t, ts, 2)
 
 	spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
 
@@ -879,4 +846,27 @@ func TestStarvedHangupReportsUnreadFrame(t *testing.T) {
 			}
 		})
 	}
+}
+
+// drainingWithABatchInFlight starts a plaintext server whose disk stalls,
+// has agency 1 hand it a batch and sends the server SIGTERM: agency 1's
+// session drains with its batch in flight. release lets the disk go on.
+func drainingWithABatchInFlight(t *testing.T) (*testServer, *peer, func()) {
+	t.Helper()
+	storeSync, arm, release := stallingSync(t)
+	ts := startServer(t, Config{Agencies: 1, StoreSync: storeSync, ShutdownGrace: 20 * time.Second}, optInsecure())
+	p := ts.mustDial(t, 1)
+	mustWrite(t, p, &frame.Hello{Agency: 1})
+	expectFrame[*frame.Welcome](t, p)
+	arm()
+	mustWrite(t, p, &frame.Bets{First: 0, Bets: agencyBets(1, 3)})
+	for deadline := time.Now().Add(hangGuard); ts.Hub().InFlight() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never reached the store")
+		}
+	}
+	ts.cancel() // SIGTERM with the batch in flight: the session drains
+	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
+	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
+	return ts, p, release
 }

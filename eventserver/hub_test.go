@@ -828,14 +828,7 @@ func TestHubDrawUsesTheStoreIndex(t *testing.T) {
 // signature and statement.
 func TestHubRestartAfterTheDrawDrawsAgain(t *testing.T) {
 	dir := t.TempDir()
-	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
-	h := NewHub(st, log, nil, hubKey)
-	storeLottery(t, h, newRecPeer("p"))
-	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
-	first, ok := h.Commitment()
-	if !ok {
-		t.Fatal("no draw")
-	}
+	h, st, first := drawnHub(t, dir)
 	statement, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
 	if err != nil {
 		t.Fatal(err)
@@ -1035,14 +1028,7 @@ func TestHubSubmitToAClosedStore(t *testing.T) {
 // keeps commitment.json as it was.
 func TestHubRebuiltJournalAfterTheDrawKeepsTheStatement(t *testing.T) {
 	dir := t.TempDir()
-	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
-	h := NewHub(st, log, nil, hubKey)
-	storeLottery(t, h, newRecPeer("p"))
-	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
-	first, ok := h.Commitment()
-	if !ok {
-		t.Fatal("no draw")
-	}
+	h, st, first := drawnHub(t, dir)
 	w3, _, _ := h.Winners(3)
 	statement, err := os.ReadFile(filepath.Join(dir, filestore.DrawFile))
 	if err != nil {
@@ -1087,4 +1073,19 @@ func TestHubRebuiltJournalAfterTheDrawKeepsTheStatement(t *testing.T) {
 	if again, _ := os.ReadFile(filepath.Join(dir, filestore.DrawFile)); !bytes.Equal(again, statement) {
 		t.Errorf("commitment.json was replaced by a different statement")
 	}
+}
+
+// drawnHub runs the test lottery to its draw over a file store in dir and
+// returns the hub, its store and the draw's commitment.
+func drawnHub(t *testing.T, dir string) (*Hub, *persist.Store, receipt.Commitment) {
+	t.Helper()
+	st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+	h := NewHub(st, log, nil, hubKey)
+	storeLottery(t, h, newRecPeer("p"))
+	submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+	first, ok := h.Commitment()
+	if !ok {
+		t.Fatal("no draw")
+	}
+	return h, st, first
 }

@@ -463,3 +463,16 @@ func checkRuns(t *testing.T, ts *testServer, bets map[uint32][]frame.Bet, runs m
 		}
 	}
 }
+
+// waitingAgency connects agency a, which says FINISHED with no bets and
+// gets its RECEIPT and NOT_READY: an agency waiting for the draw.
+func waitingAgency(t *testing.T, ts *testServer, a uint32) *peer {
+	t.Helper()
+	p := ts.mustDial(t, a)
+	mustWrite(t, p, &frame.Hello{Agency: a})
+	expectFrame[*frame.Welcome](t, p)
+	mustWrite(t, p, &frame.Finished{Total: 0})
+	expectFrame[*frame.Receipt](t, p)
+	expectFrame[*frame.NotReady](t, p)
+	return p
+}

@@ -405,12 +405,7 @@ func TestIntegrationGracefulStop(t *testing.T) {
 	uploading := ts.mustDial(t, 1)
 	mustWrite(t, uploading, &frame.Hello{Agency: 1})
 	expectFrame[*frame.Welcome](t, uploading)
-	waiting := ts.mustDial(t, 2)
-	mustWrite(t, waiting, &frame.Hello{Agency: 2})
-	expectFrame[*frame.Welcome](t, waiting)
-	mustWrite(t, waiting, &frame.Finished{Total: 0})
-	expectFrame[*frame.Receipt](t, waiting)
-	expectFrame[*frame.NotReady](t, waiting)
+	waiting := waitingAgency(t, ts, 2)
 
 	ts.mustStop(t)
 	for name, p := range map[string]*peer{"silent": silent, "plaintext": plain, "uploading": uploading, "waiting": waiting} {
