@@ -513,19 +513,15 @@ func (s *Server) traffic(cs *conn, c gnet.Conn, now time.Time) gnet.Action {
 // partial frame (a peer trickling bytes, or gone) does not count.
 func (cs *conn) frameWaiting() (bool, error) {
 	hb, err := cs.tr.Peek(frame.HeaderSize)
-	if err != nil {
-		if cs.tr.fatal(err) {
-			return false, err
+	if err == nil {
+		h, herr := frame.ParseHeader(hb, cs.srv.cfg.MaxFrame)
+		if herr != nil {
+			return true, nil // whole enough: reading it ends the session with its error
 		}
-		return false, nil
+		_, err = cs.tr.Peek(h.Size())
 	}
-	h, err := frame.ParseHeader(hb, cs.srv.cfg.MaxFrame)
-	if err != nil {
-		return true, nil // whole enough: reading it ends the session with its error
-	}
-	_, err = cs.tr.Peek(h.Size())
 	if err != nil && cs.tr.fatal(err) {
-		return false, err
+		return false, err // a record that does not decrypt: the stream is lost
 	}
 	return err == nil, nil
 }
