@@ -464,7 +464,7 @@ func (h *Hub) draw() error {
 	h.obs.Drawn(took)
 	h.log.Info("sorteo", logging.Success, zap.Int("agencies", n), zap.Uint64("bets", bets),
 		zap.Uint16("winning_number", h.store.WinningNumber()), zap.Int("winners", total),
-		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", h.sign != nil), zap.Duration("took", took),
+		zap.String("root", hex.EncodeToString(c.Root[:])), zap.Bool("signed", c.Signature != (frame.Signature{})), zap.Duration("took", took),
 		zap.String("statement", statementOf))
 	h.broadcastDrawn() // first: the per-agency lines below must not delay the pushes
 	if ce := h.log.Check(zap.InfoLevel, "ganadores"); ce != nil {

@@ -1089,3 +1089,60 @@ func drawnHub(t *testing.T, dir string) (*Hub, *persist.Store, receipt.Commitmen
 	}
 	return h, st, first
 }
+
+// TestHubSigningKeyChangedAfterTheDraw: a server restarted after the draw
+// with another signing key, or none, pushes the same draw (same root) with a
+// commitment that the agencies' current key checks, and its sorteo line
+// says whether that commitment is signed. A new key signs the draw again
+// (commitment.json is replaced, with the same leaves and root); without a
+// key, the signed statement kept is pushed as it is.
+func TestHubSigningKeyChangedAfterTheDraw(t *testing.T) {
+	newKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
+	for _, tc := range []struct {
+		name       string
+		first, now ed25519.PrivateKey
+		signed     bool
+	}{
+		{"another key", hubKey, newKey, true},
+		{"a key after none", nil, newKey, true},
+		{"no key after one", hubKey, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			st, log, _ := openHubStore(t, dir, 3, hubStoreOptions{})
+			h := NewHub(st, log, nil, tc.first)
+			storeLottery(t, h, newRecPeer("p"))
+			submit(t, h, newRecPeer("p"), &persist.Request{Agency: 3, Finish: true, Total: 1})
+			first, ok := h.Commitment()
+			if !ok {
+				t.Fatal("no draw")
+			}
+			closeHub(t, h, st)
+
+			st2, log2, logs2 := openHubStore(t, dir, 3, hubStoreOptions{})
+			h2 := NewHub(st2, log2, nil, tc.now)
+			defer closeHub(t, h2, st2)
+			_, c, ok := h2.Winners(1)
+			if !ok {
+				t.Fatal("the restarted hub has not drawn")
+			}
+			if c.Root != first.Root {
+				t.Fatalf("root %x after the restart, %x before", c.Root[:4], first.Root[:4])
+			}
+			held, _, chain := st2.Status(1)
+			if tc.now != nil {
+				if err := receipt.Check(c, receipt.Leaf{Agency: 1, Bets: held, Chain: chain}, tc.now.Public().(ed25519.PublicKey)); err != nil {
+					t.Errorf("agency 1 checking the pushed commitment with the server's current key: %v", err)
+				}
+			}
+			if signed := c.Signature != (frame.Signature{}); signed != tc.signed {
+				t.Errorf("pushed commitment signed %v, want %v", signed, tc.signed)
+			}
+			draws := logLines(logs2, "sorteo")
+			if len(draws) != 1 {
+				t.Fatalf("%d sorteo lines, want 1", len(draws))
+			}
+			checkFields(t, draws[0], map[string]any{"signed": tc.signed, "root": hex.EncodeToString(first.Root[:])})
+		})
+	}
+}

@@ -5,12 +5,14 @@
 package filestore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -137,20 +139,36 @@ func (s *Store) Winners() (map[uint32][]string, error) {
 }
 
 // SaveDraw writes the draw's signed statement to commitment.json and
-// returns the statement of record: the first one saved, which is kept
-// (recovery has checked it against the store), never replaced.
+// returns the statement of record. The first one saved is kept (recovery
+// has held the store to it): a later statement replaces it only when it
+// commits to the same leaves and root and is signed, that is when a server
+// restarted with another signing key signs the same draw again.
 func (s *Store) SaveDraw(statement []byte) ([]byte, error) {
 	kept, err := os.ReadFile(s.path(DrawFile))
-	if err == nil {
-		return kept, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return nil, fmt.Errorf("read the draw's statement: %w", err)
+	case !sameDrawSigned(kept, statement):
+		return kept, nil
 	}
 	if err := writeFileAtomic(s.dir, DrawFile, statement, s.sync); err != nil {
 		return nil, err
 	}
 	return statement, nil
+}
+
+// sameDrawSigned reports whether next, unlike kept, is another signature
+// over the same draw: same lottery, leaves and root, and signed.
+func sameDrawSigned(kept, next []byte) bool {
+	if bytes.Equal(kept, next) {
+		return false
+	}
+	var a, b receipt.Statement
+	if a.UnmarshalJSON(kept) != nil || b.UnmarshalJSON(next) != nil || b.Signature == (frame.Signature{}) {
+		return false
+	}
+	return a.Lottery == b.Lottery && a.Agencies == b.Agencies && a.Root == b.Root && slices.Equal(a.Leaves, b.Leaves)
 }
 
 // Lottery describes the lottery a data directory belongs to.
