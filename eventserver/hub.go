@@ -440,6 +440,12 @@ func (h *Hub) draw() error {
 				zap.String("root_of_record", hex.EncodeToString(st.Root[:])),
 				zap.String("next", "publishing the statement of record; this server's view of the agencies differed"))
 		}
+		if h.sign != nil && st.Commitment.Verify(h.sign.Public().(ed25519.PublicKey)) != nil {
+			h.log.Warn("sorteo", logging.Fail, zap.String("root", hex.EncodeToString(st.Root[:])),
+				zap.String("signature", "the statement of record is not signed with this server's key"),
+				zap.String("next", "publishing it as it is; agencies checking with this server's server-sign.pub "+
+					"refuse it: run the server with the key that signed the draw"))
+		}
 		leaves, c = st.Leaves, st.Commitment
 		tree = receipt.NewTree(leaves)
 		bets = 0

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tp0/loteria/frame"
@@ -1144,5 +1145,57 @@ func TestHubSigningKeyChangedAfterTheDraw(t *testing.T) {
 			}
 			checkFields(t, draws[0], map[string]any{"signed": tc.signed, "root": hex.EncodeToString(first.Root[:])})
 		})
+	}
+}
+
+// keepFirst is the file store with the shared store's SaveDraw: the first
+// statement saved is the statement of record, whatever signs a later one
+// (PostgreSQL's insert-if-absent).
+type keepFirst struct {
+	*filestore.Store
+	dir string
+}
+
+func (s keepFirst) SaveDraw(statement []byte) ([]byte, error) {
+	if kept, err := os.ReadFile(filepath.Join(s.dir, filestore.DrawFile)); err == nil {
+		return kept, nil
+	}
+	return s.Store.SaveDraw(statement)
+}
+
+// TestHubWarnsOfAStatementSignedWithAnotherKey: a server whose store hands
+// back a statement of record signed with another key pushes it (every
+// server pushes the same commitment) but says, with a fail line, that the
+// agencies checking with its own key will refuse it.
+func TestHubWarnsOfAStatementSignedWithAnotherKey(t *testing.T) {
+	dir := t.TempDir()
+	h, st, first := drawnHub(t, dir)
+	closeHub(t, h, st)
+
+	newKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
+	core, logs := observer.New(zap.DebugLevel)
+	log := zap.New(core)
+	b, err := filestore.Open(dir, filestore.Options{Agencies: 3, WinningNumber: hubWinning, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, err := persist.New(keepFirst{b, dir}, persist.Options{Agencies: 3, WinningNumber: hubWinning, Logger: log})
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	h2 := NewHub(st2, log, nil, newKey)
+	defer closeHub(t, h2, st2)
+	if c, ok := h2.Commitment(); !ok || c != first {
+		t.Fatalf("pushed %+v, want the statement of record %+v", c, first)
+	}
+	var warned bool
+	for _, l := range logLines(logs, "sorteo") {
+		if l.level == zapcore.WarnLevel && l.fields["result"] == "fail" && l.fields["signature"] != nil {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Error("no sorteo fail line saying the statement of record is signed with another key")
 	}
 }

@@ -82,8 +82,10 @@ type Backend interface {
 // the bets, so anyone auditing the store later can check it.
 type DrawKeeper interface {
 	// SaveDraw keeps statement unless the store already holds one (another
-	// server drew first) and returns the statement of record, which every
-	// server publishes.
+	// server drew first, or this one before a restart) and returns the
+	// statement of record, which every server publishes. A backend may let
+	// a signed statement of the same draw (same leaves and root) replace
+	// the one it holds, as the file store does after a key change.
 	SaveDraw(statement []byte) ([]byte, error)
 }
 
@@ -342,8 +344,7 @@ func (s *Store) FinishedCount() int {
 func (s *Store) Winners() (map[uint32][]string, error) { return s.backend.Winners() }
 
 // SaveDraw keeps the draw's statement durably, when the backend can, and
-// returns the statement of record: statement itself, or the one another
-// server sharing the backend saved first.
+// returns the statement of record (see DrawKeeper).
 func (s *Store) SaveDraw(statement []byte) ([]byte, error) {
 	k, ok := s.backend.(DrawKeeper)
 	if !ok {
