@@ -747,19 +747,7 @@ func TestStarvedPartialFrameStillTimesOut(t *testing.T) {
 func TestStarvedWholeFrameIsPutOff(t *testing.T) {
 	for _, mode := range []string{"insecure", "secure"} {
 		t.Run(mode, func(t *testing.T) {
-			storeSync, arm, release := stallingSync(t)
-			var opts []serverOption
-			if mode == "insecure" {
-				opts = append(opts, optInsecure())
-			}
-			ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
-				PingInterval: time.Minute, ReadTimeout: 500 * time.Millisecond, HelloTimeout: 5 * time.Second}, opts...)
-			good := ts.mustDial(t, 2)
-			mustWrite(t, good, &frame.Hello{Agency: 2})
-			expectFrame[*frame.Welcome](t, good)
-			spendBudget(t, ts, arm) // a disk that stalls, under a budget of 1 batch
-			// The good agency sends a whole PING in time; the server cannot read it.
-			mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
+			_, good, release := pingUnreadInAStall(t, mode == "secure", 500*time.Millisecond)
 			time.Sleep(2 * time.Second) // four read timeouts of stall
 			release()
 			f, err := good.readWithin(5 * time.Second)
@@ -825,19 +813,8 @@ func spendBudget(t *testing.T, ts *testServer, arm func()) {
 func TestStarvedHangupReportsUnreadFrame(t *testing.T) {
 	for _, mode := range []string{"insecure", "secure"} {
 		t.Run(mode, func(t *testing.T) {
-			storeSync, arm, release := stallingSync(t)
+			ts, good, release := pingUnreadInAStall(t, mode == "secure", 300*time.Millisecond)
 			defer release()
-			var opts []serverOption
-			if mode == "insecure" {
-				opts = append(opts, optInsecure())
-			}
-			ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
-				PingInterval: time.Minute, ReadTimeout: 300 * time.Millisecond, HelloTimeout: 5 * time.Second}, opts...)
-			good := ts.mustDial(t, 2)
-			mustWrite(t, good, &frame.Hello{Agency: 2})
-			expectFrame[*frame.Welcome](t, good)
-			spendBudget(t, ts, arm)
-			mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
 			time.Sleep(time.Second) // past the read timeout: the sweep's TimedOut peeks the frame
 			good.close()
 			f := ts.logs.wait(t, "connection_closed", map[string]string{"agency": "2"})
@@ -869,4 +846,25 @@ func drainingWithABatchInFlight(t *testing.T) (*testServer, *peer, func()) {
 	ts.logs.wait(t, "shutdown", map[string]string{"step": "finish_in_flight"})
 	time.Sleep(300 * time.Millisecond) // the session takes ShuttingDown on its loop
 	return ts, p, release
+}
+
+// pingUnreadInAStall starts a server (secured or not) with the given read
+// timeout whose disk stalls under a budget of one batch, and has agency 2,
+// connected, send a whole PING the server cannot read while the budget is
+// spent. release lets the disk go on.
+func pingUnreadInAStall(t *testing.T, secured bool, readTimeout time.Duration) (*testServer, *peer, func()) {
+	t.Helper()
+	storeSync, arm, release := stallingSync(t)
+	var opts []serverOption
+	if !secured {
+		opts = append(opts, optInsecure())
+	}
+	ts := startServer(t, Config{Agencies: 2, StoreSync: storeSync, MaxInFlight: 1,
+		PingInterval: time.Minute, ReadTimeout: readTimeout, HelloTimeout: 5 * time.Second}, opts...)
+	good := ts.mustDial(t, 2)
+	mustWrite(t, good, &frame.Hello{Agency: 2})
+	expectFrame[*frame.Welcome](t, good)
+	spendBudget(t, ts, arm)
+	mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
+	return ts, good, release
 }
