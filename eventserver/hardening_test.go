@@ -709,13 +709,7 @@ func TestPartialHandshakeHitsTheHelloTimeout(t *testing.T) {
 	if err := p.sendRaw([]byte{secure.KindHandshake1, 0, secure.Handshake1Size, 1, 2, 3}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := p.readWithin(5 * time.Second)
-	if err != nil {
-		t.Fatalf("no ERROR timeout within 5 s (hello timeout 300 ms): %v", err)
-	}
-	if e, ok := f.(*frame.Error); !ok || e.Code != frame.CodeTimeout {
-		t.Fatalf("got %s, want ERROR timeout", brief(f))
-	}
+	expectTimedOut(t, p, "hello timeout 300 ms")
 }
 
 // TestStarvedPartialFrameStillTimesOut: while the store's budget is spent
@@ -731,13 +725,7 @@ func TestStarvedPartialFrameStillTimesOut(t *testing.T) {
 	if err := lurker.sendRaw([]byte{frame.Version}); err != nil { // one byte of a header, then silence
 		t.Fatal(err)
 	}
-	f, err := lurker.readWithin(5 * time.Second)
-	if err != nil {
-		t.Fatalf("no ERROR within 5 s (hello timeout 500 ms) while the store stalls: %v", err)
-	}
-	if e, ok := f.(*frame.Error); !ok || e.Code != frame.CodeTimeout {
-		t.Errorf("got %s, want ERROR timeout", brief(f))
-	}
+	expectTimedOut(t, lurker, "hello timeout 500 ms, while the store stalls")
 	release()
 }
 
@@ -867,4 +855,17 @@ func pingUnreadInAStall(t *testing.T, secured bool, readTimeout time.Duration) (
 	spendBudget(t, ts, arm)
 	mustWrite(t, good, &frame.Ping{Payload: []byte("alive")})
 	return ts, good, release
+}
+
+// expectTimedOut fails unless p gets ERROR timeout within 5 s; why says
+// which timeout should have fired.
+func expectTimedOut(t *testing.T, p *peer, why string) {
+	t.Helper()
+	f, err := p.readWithin(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no ERROR timeout within 5 s (%s): %v", why, err)
+	}
+	if e, ok := f.(*frame.Error); !ok || e.Code != frame.CodeTimeout {
+		t.Fatalf("got %s, want ERROR timeout (%s)", brief(f), why)
+	}
 }
